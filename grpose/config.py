@@ -1,0 +1,221 @@
+"""Experiment configuration: structured defaults in code, YAML deltas, `key=value` overrides, validation.
+
+Every preset in `configs/` only lists what differs from these defaults. Unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "humanart"  # synthetic | humanart | laion_human
+    root: str = "data/Human-Art"
+    train_mapping: str = "mapping_file_training.json"
+    val_mapping: str = "mapping_file_validation.json"
+    scenarios: Optional[list[str]] = None  # restrict evaluation to these Human-Art scenarios
+    resolution: int = 512
+    max_persons: int = 10
+    score_threshold: float = 0.02
+    skeleton_width: int = 10  # limb line width in pixels at `resolution` (joint dot radius = width // 2)
+    prompt_dropout: float = 0.5  # training only
+    skip_bad_samples: bool = False
+    batch_size: int = 6
+    val_batch_size: int = 4
+    num_workers: int = 4
+    synthetic_train_size: int = 2000
+    synthetic_val_size: int = 8
+
+
+@dataclass
+class ModelConfig:
+    base: str = "sd15"  # architecture of the frozen base: sd15 | tiny (shipped configs)
+    pretrained: Optional[str] = "models/v1-5-pruned.safetensors"  # diffusers folder or single file; null = random
+    adapter: str = "grpose"  # grpose | controlnet
+    adapter_weights: Optional[str] = None  # initial adapter weights from prepare_weights.py (safetensors)
+    pgi_levels: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
+    graphs: list[str] = field(default_factory=lambda: ["latent", "pose", "fuse"])  # #Graph ablation
+    graph_type: str = "edgeconv"  # edgeconv (released code) | gcn (paper eq. 4-7)
+    knn_k: int = 9
+    positional_encoding: bool = False
+    edgeconv_groups: int = 4
+    knn_chunk_mb: float = 256.0  # memory budget of one chunk of the pairwise-distance matrix
+    pose_stem_channels: list[int] = field(default_factory=lambda: [32, 64, 128])
+    pose_level_channels: list[int] = field(default_factory=lambda: [192, 256, 384, 512])
+    conditioning_scale: float = 1.0
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class PosePerceptionConfig:
+    alpha: float = 0.0  # 0 disables L_p (and never imports mmpose)
+    network_config: str = "associative_embedding/coco/mobilenetv2_coco_512x512.py"
+    network_checkpoint: Optional[str] = "models/mobilenetv2_coco_512x512-4d96e309_20200816.pth"
+    feature_indices: list[int] = field(default_factory=lambda: [-1])  # which backbone outputs to compare
+    alpha_bar_weight: bool = False  # multiply per-sample L_p by alpha_bar_t (the release does)
+    max_timestep: Optional[int] = None  # only apply L_p when t < max_timestep
+    start_epoch: Optional[int] = None  # gradual constraint: L_p on from this epoch ...
+    start_step: Optional[int] = None  # ... or from this global step
+    faithful_release: bool = False  # reproduce the release: L_p computed but detached (no gradient)
+    decode_checkpointing: bool = True  # checkpoint the differentiable VAE decode to save memory
+
+
+@dataclass
+class LossConfig:
+    pose_mask_weight: float = 1.0  # weight of skeleton-covered latent cells (5.0 in the release; 1.0 = off)
+    pose_mask_kernel: int = 13
+    pose_mask_sigma: float = 3.0
+    pose_perception: PosePerceptionConfig = field(default_factory=PosePerceptionConfig)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-5
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    scale_lr: bool = False  # lr *= world_size * batch_size * accumulate_grad_batches
+    fused: Optional[bool] = None  # fused AdamW; null = automatic (CUDA only)
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"  # DDP is chosen by Lightning on >1 GPU
+    precision: str = "32-true"  # bf16-mixed | 16-mixed | 32-true
+    max_epochs: int = 20
+    max_steps: int = -1
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: Optional[float] = None
+    seed: int = 23
+    checkpoint_every_n_epochs: Optional[int] = 4
+    checkpoint_every_n_steps: Optional[int] = None
+    sample_every_n_steps: int = 300
+    log_every_n_steps: int = 50
+    logger: str = "tensorboard"  # tensorboard | csv
+    limit_val_batches: float = 1.0
+    num_sanity_val_steps: int = 0
+    enable_progress_bar: bool = True
+
+
+@dataclass
+class SamplingConfig:
+    num_inference_steps: int = 50
+    guidance_scale: float = 9.0
+    eta: float = 0.0
+    negative_prompt: str = (
+        "longbody, lowres, bad anatomy, bad hands, missing fingers, extra digit, fewer digits, cropped, "
+        "worst quality, low quality"
+    )
+    num_images: int = 4  # images per sample grid
+    seed: int = 42
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "grpose"
+    output_dir: str = "experiments"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+
+class ConfigError(ValueError):
+    """A configuration file or override the user must fix."""
+
+
+_CHOICES = {
+    "data.dataset": ("synthetic", "humanart", "laion_human"),
+    "model.base": ("sd15", "tiny"),
+    "model.adapter": ("grpose", "controlnet"),
+    "model.graph_type": ("edgeconv", "gcn"),
+    "trainer.precision": ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true"),
+    "trainer.logger": ("tensorboard", "csv"),
+}
+_GRAPH_NAMES = ("latent", "pose", "fuse")
+
+
+def _merge(base: DictConfig, delta: Any, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, delta)
+    except ConfigKeyError as err:
+        raise ConfigError(f"{source}: unknown config key '{err.full_key}'. Check the spelling against "
+                          f"grpose/config.py.") from None
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "?"
+        raise ConfigError(f"{source}: invalid value for '{key}': {err.msg}") from None
+
+
+def load_config(path: Optional[str | os.PathLike] = None, overrides: Optional[list[str]] = None) -> DictConfig:
+    """Defaults <- YAML file (which may name a `defaults_from` parent preset) <- `key=value` overrides."""
+    cfg = OmegaConf.structured(ExperimentConfig)
+    if path is not None:
+        for layer_path in _preset_chain(Path(path)):
+            cfg = _merge(cfg, _read_yaml(layer_path), str(layer_path))
+    if overrides:
+        bad = [o for o in overrides if "=" not in o]
+        if bad:
+            raise ConfigError(f"override {bad[0]!r} is not of the form key=value")
+        cfg = _merge(cfg, OmegaConf.from_dotlist(list(overrides)), "command line")
+    validate(cfg)
+    return cfg
+
+
+def _read_yaml(path: Path) -> DictConfig:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    loaded = OmegaConf.load(path)
+    loaded.pop("defaults_from", None)
+    return loaded
+
+
+def _preset_chain(path: Path) -> list[Path]:
+    """A preset may start with `defaults_from: <relative path>` to inherit another preset (ablation deltas)."""
+    chain: list[Path] = []
+    current: Optional[Path] = path
+    while current is not None:
+        if current in chain:
+            raise ConfigError(f"{path}: circular `defaults_from` chain through {current}")
+        if not current.is_file():
+            raise ConfigError(f"config file {current} does not exist")
+        chain.append(current)
+        parent = OmegaConf.load(current).get("defaults_from")
+        current = (current.parent / parent).resolve() if parent else None
+    return list(reversed(chain))
+
+
+def validate(cfg: DictConfig) -> None:
+    for key, choices in _CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in choices:
+            raise ConfigError(f"{key}={value!r} is not one of {', '.join(choices)}")
+    bad_levels = [lvl for lvl in cfg.model.pgi_levels if lvl not in (0, 1, 2, 3)]
+    if bad_levels:
+        raise ConfigError(f"model.pgi_levels may only contain 0..3, got {list(cfg.model.pgi_levels)}")
+    bad_graphs = [g for g in cfg.model.graphs if g not in _GRAPH_NAMES]
+    if bad_graphs:
+        raise ConfigError(f"model.graphs entries must be among {_GRAPH_NAMES}, got {bad_graphs}")
+    if cfg.model.knn_k < 1:
+        raise ConfigError("model.knn_k must be >= 1")
+    if len(cfg.model.pose_level_channels) != 4 or len(cfg.model.pose_stem_channels) != 3:
+        raise ConfigError("model.pose_stem_channels needs 3 entries and model.pose_level_channels 4")
+    if not 0.0 <= cfg.data.prompt_dropout <= 1.0:
+        raise ConfigError("data.prompt_dropout must be in [0, 1]")
+    if cfg.loss.pose_perception.alpha < 0:
+        raise ConfigError("loss.pose_perception.alpha must be >= 0")
+
+
+def save_config(cfg: DictConfig, path: str | os.PathLike) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, path)

@@ -1,0 +1,172 @@
+"""LightningModule that trains a pose adapter on a frozen SD1.5: diffusion loss (+ optional pose perception loss)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning.pytorch as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import load_file
+from torch.utils.checkpoint import checkpoint
+
+from .losses.diffusion import diffusion_loss, pose_region_mask
+from .models.adapter import build_adapter
+from .pipeline import GRPosePipeline
+from .sd15 import StableDiffusionParts, build_sd15, encode_prompts, make_scheduler
+
+ADAPTER_PREFIX = "adapter."
+
+
+class GRPoseLitModule(pl.LightningModule):
+    """Frozen SD1.5 (UNet, VAE, CLIP text) + trainable adapter.
+
+    Only `self.adapter` has trainable parameters and only its tensors are in `state_dict()`, so Lightning
+    checkpoints hold the adapter plus optimizer/loop state, never the frozen SD1.5 or pose-network weights.
+    """
+
+    def __init__(self, cfg: DictConfig, parts: Optional[StableDiffusionParts] = None):
+        super().__init__()
+        self.cfg = cfg
+        self.save_hyperparameters({"config": OmegaConf.to_container(cfg, resolve=True)})
+        parts = parts if parts is not None else build_sd15(cfg.model.base, cfg.model.pretrained)
+        self.sd = parts
+        # Registered as submodules so Lightning moves them with the module; frozen and in eval mode forever.
+        self.unet, self.vae, self.text_encoder = parts.unet, parts.vae, parts.text_encoder
+        for frozen in (self.unet, self.vae, self.text_encoder):
+            frozen.requires_grad_(False).eval()
+        self.adapter = build_adapter(cfg.model, self.unet)
+        if cfg.model.adapter_weights:
+            self.load_adapter_weights(cfg.model.adapter_weights)
+        if cfg.model.gradient_checkpointing:
+            self.adapter.enable_gradient_checkpointing()
+            self.unet.enable_gradient_checkpointing()
+
+        self.noise_scheduler = make_scheduler("ddpm")
+        self.register_buffer("alphas_cumprod", self.noise_scheduler.alphas_cumprod.clone(), persistent=False)
+        self.pose_loss_schedule = None
+        pose_cfg = cfg.loss.pose_perception
+        if pose_cfg.alpha > 0:
+            # Imported here: with alpha = 0 training never touches mmpose.
+            from .losses.pose_perception import PoseLossSchedule, build_pose_perception_loss
+
+            self._pose_loss_holder = [build_pose_perception_loss(pose_cfg)]  # a list keeps it out of state_dict
+            self.pose_loss_schedule = PoseLossSchedule(pose_cfg.start_epoch, pose_cfg.start_step)
+
+    # ---- checkpoint content: the adapter only -------------------------------------------------------------
+    def state_dict(self, *args, destination=None, prefix: str = "", keep_vars: bool = False):
+        return self.adapter.state_dict(destination=destination, prefix=prefix + ADAPTER_PREFIX, keep_vars=keep_vars)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        foreign = [k for k in state_dict if not k.startswith(ADAPTER_PREFIX)]
+        if foreign and strict:
+            raise RuntimeError(f"checkpoint holds non-adapter keys such as {foreign[:3]}; expected only "
+                               f"'{ADAPTER_PREFIX}*' keys")
+        adapter_state = {k[len(ADAPTER_PREFIX):]: v for k, v in state_dict.items() if k.startswith(ADAPTER_PREFIX)}
+        return self.adapter.load_state_dict(adapter_state, strict=strict, assign=assign)
+
+    def load_adapter_weights(self, path: str) -> None:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"model.adapter_weights: {path} does not exist. Create it with "
+                                    f"`python prepare_weights.py SD15_PATH CONFIG {path}` or set it to null.")
+        self.adapter.load_state_dict(load_file(path), strict=True)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for frozen in (self.unet, self.vae, self.text_encoder):
+            frozen.eval()
+        return self
+
+    # ---- training ---------------------------------------------------------------------------------------
+    @property
+    def pose_loss_module(self):
+        holder = getattr(self, "_pose_loss_holder", None)
+        return holder[0] if holder else None
+
+    def pose_loss_active(self) -> bool:
+        return self.pose_loss_module is not None and self.pose_loss_schedule.is_active(
+            self.current_epoch, self.global_step)
+
+    def on_fit_start(self) -> None:
+        if self.pose_loss_module is not None:
+            self.pose_loss_module.to(self.device)
+
+    def compute_loss(self, batch: dict[str, Any], generator: Optional[torch.Generator] = None) -> dict[str, torch.Tensor]:
+        images = batch["image"].to(self.device)
+        hint = batch["hint"].to(self.device)
+        with torch.no_grad():
+            latents = self.vae.encode(images.to(self.vae.dtype)).latent_dist.sample(generator) * self.sd.vae_scale_factor
+            text = encode_prompts(self.sd, list(batch["prompt"]))
+        noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
+                                  generator=generator, device=latents.device)
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+
+        down, mid = self.adapter(noisy, timesteps, text, hint)
+        noise_pred = self.unet(noisy, timesteps, encoder_hidden_states=text, down_block_additional_residuals=down,
+                               mid_block_additional_residual=mid).sample
+
+        loss_cfg = self.cfg.loss
+        mask = None
+        if loss_cfg.pose_mask_weight != 1.0:
+            mask = pose_region_mask(hint, tuple(latents.shape[-2:]), loss_cfg.pose_mask_kernel, loss_cfg.pose_mask_sigma)
+        per_sample = diffusion_loss(noise_pred, noise, mask, loss_cfg.pose_mask_weight)
+        losses = {"loss_diffusion": per_sample.mean()}
+        if self.pose_loss_active():
+            pose_per_sample = self.pose_perception(noisy, noise_pred, timesteps, images)
+            per_sample = per_sample + pose_per_sample
+            losses["loss_pose"] = pose_per_sample.mean()
+        losses["loss"] = per_sample.mean()
+        return losses
+
+    def pose_perception(self, noisy: torch.Tensor, noise_pred: torch.Tensor, timesteps: torch.Tensor,
+                        images: torch.Tensor) -> torch.Tensor:
+        """alpha * L_p per sample (paper eq. 9-10): x0_hat from the noise estimate, decoded with gradient."""
+        alpha_bar = self.alphas_cumprod[timesteps].to(noisy.dtype)[:, None, None, None]
+        pred_x0 = (noisy - (1 - alpha_bar).sqrt() * noise_pred) / alpha_bar.sqrt()
+        decode = lambda z: self.vae.decode(z / self.sd.vae_scale_factor).sample  # noqa: E731
+        if self.cfg.loss.pose_perception.decode_checkpointing and torch.is_grad_enabled():
+            pred_images = checkpoint(decode, pred_x0, use_reentrant=False)
+        else:
+            pred_images = decode(pred_x0)
+        return self.pose_loss_module(pred_images, images, timesteps, self.alphas_cumprod)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        losses = self.compute_loss(batch)
+        batch_size = batch["image"].shape[0]
+        self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, prog_bar=True, batch_size=batch_size,
+                      sync_dist=False)
+        return losses["loss"]
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        generator = torch.Generator(self.device).manual_seed(batch_idx)
+        losses = self.compute_loss(batch, generator=generator)
+        self.log("val/loss", losses["loss"], batch_size=batch["image"].shape[0], sync_dist=True)
+
+    def configure_optimizers(self):
+        optim = self.cfg.optim
+        lr = optim.lr
+        if optim.scale_lr:
+            world = self.trainer.world_size if self._trainer is not None else 1
+            lr = optim.lr * world * self.cfg.data.batch_size * self.cfg.trainer.accumulate_grad_batches
+        params = [p for p in self.adapter.parameters() if p.requires_grad]
+        fused = optim.fused
+        if fused is None:
+            fused = torch.cuda.is_available() and self.device.type == "cuda"
+        return torch.optim.AdamW(params, lr=lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay,
+                                 fused=bool(fused))
+
+    # ---- sampling ---------------------------------------------------------------------------------------
+    def pipeline(self) -> GRPosePipeline:
+        return GRPosePipeline(self.sd, self.adapter)
+
+    @torch.no_grad()
+    def sample(self, prompts, pose_images, seeds, **overrides) -> torch.Tensor:
+        sampling = self.cfg.sampling
+        kwargs = dict(negative_prompt=sampling.negative_prompt, num_inference_steps=sampling.num_inference_steps,
+                      guidance_scale=sampling.guidance_scale, eta=sampling.eta,
+                      conditioning_scale=self.cfg.model.conditioning_scale, progress=False)
+        kwargs.update(overrides)
+        return self.pipeline()(prompts, pose_images, seeds, **kwargs)
+
