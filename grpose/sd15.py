@@ -8,10 +8,10 @@ import gzip
 import importlib.util
 import inspect
 import json
-import logging
 import os
 import pickle
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -26,8 +26,6 @@ from diffusers.loaders.single_file_utils import (
 )
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-logger = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).resolve().parent / "sd15_configs"
 ARCHS = ("sd15", "tiny")
@@ -129,7 +127,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     elif suffix in (".ckpt", ".pt", ".pth", ".bin"):
         try:
             # weights_only: never execute code from a downloaded pickle; SD1.5 checkpoints need nothing else.
-            checkpoint = torch.load(str(path), map_location="cpu", weights_only=True, mmap=_is_zip_checkpoint(path))
+            checkpoint = torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
         except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
             raise ValueError(
                 f"Cannot read {path} as a torch checkpoint of tensors ({str(e).splitlines()[0]}); convert it to "
@@ -145,12 +143,6 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(checkpoint, dict):
         raise ValueError(f"{path} does not hold a state dict (found {type(checkpoint).__name__}); {WEIGHTS_HINT}.")
     return {k: v for k, v in checkpoint.items() if isinstance(v, torch.Tensor)}
-
-
-def _is_zip_checkpoint(path: Path) -> bool:
-    import zipfile
-
-    return zipfile.is_zipfile(path)
 
 
 def _require_prefixes(state_dict: dict, prefixes: tuple[str, ...], path: Path) -> None:
@@ -250,7 +242,12 @@ def _unet_from_checkpoint(checkpoint: dict, arch: str, source: Path) -> UNet2DCo
 
 
 def _parts_from_single_file(path: Path, arch: str) -> tuple[UNet2DConditionModel, AutoencoderKL, CLIPTextModel]:
-    checkpoint = _read_state_dict(path)
+    return _parts_from_ldm_state_dict(_read_state_dict(path), arch, path)
+
+
+def _parts_from_ldm_state_dict(
+    checkpoint: dict, arch: str, path: Path
+) -> tuple[UNet2DConditionModel, AutoencoderKL, CLIPTextModel]:
     _require_prefixes(checkpoint, (LDM_UNET_PREFIX, LDM_VAE_PREFIX, LDM_TEXT_PREFIX), path)
     unet = _unet_from_checkpoint(checkpoint, arch, path)
     vae_ldm = {k: v for k, v in checkpoint.items() if k.startswith(LDM_VAE_PREFIX)}
@@ -289,10 +286,10 @@ def _check_structure(part: str, stored: dict, arch: str, source: Path) -> None:
 
 
 def _require_subfolders(folder: Path, names: tuple[str, ...]) -> None:
-    missing = [n for n in names if not (folder / n / "config.json").is_file()]
+    missing = [f"{n}/config.json" for n in names if not (folder / n / "config.json").is_file()]
     if missing:
         raise FileNotFoundError(
-            f"{folder} is not a complete diffusers SD1.5 folder: missing {', '.join(f'{n}/config.json' for n in missing)} "
+            f"{folder} is not a complete diffusers SD1.5 folder: missing {', '.join(missing)} "
             f"(expected unet/, vae/, text_encoder/, tokenizer/); {WEIGHTS_HINT}."
         )
 
@@ -382,6 +379,7 @@ def load_unet(weights: str, arch: str = "sd15") -> UNet2DConditionModel:
 
     Accepts an original single file (only model.diffusion_model.* is needed), a diffusers UNet file
     (diffusion_pytorch_model.safetensors), a diffusers UNet folder, or a diffusers pipeline folder with unet/.
+    Returned in float32 whatever the file stores; cast it with `.to()` next to the other parts.
     """
     path = _existing_path(weights)
     if path.is_dir():
@@ -395,7 +393,7 @@ def load_unet(weights: str, arch: str = "sd15") -> UNet2DConditionModel:
         unet = _load_diffusers_unet(path, arch)
     else:
         unet = _unet_from_checkpoint(_read_state_dict(path), arch, path)
-    return _freeze(unet)
+    return _freeze(_cast(unet, torch.float32))
 
 
 def _bytes_to_unicode() -> dict[int, str]:

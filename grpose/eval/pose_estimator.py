@@ -1,0 +1,361 @@
+"""The project's single door to MMPose 0.x: building/loading pose models, the frozen feature extractor of the
+pose perception loss (paper eq. 9), and the bottom-up estimator used for AP / SAP / PCE evaluation.
+
+No other module imports mmpose or mmcv; everything here imports them lazily through `require_mmpose()`.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+INSTALL_HINT = ("MMPose 0.x is not installed (needed for the pose perception loss and pose evaluation). "
+                "Install it with `bash scripts/install_mmpose.sh` after `pip install -r requirements.txt`.")
+
+# Configs that ship inside the mmpose 0.x package (mmpose/.mim/configs/...); a short name is resolved there.
+_BOTTOM_UP_CONFIG_DIR = Path("body") / "2d_kpt_sview_rgb_img"
+MODEL_ZOO_HINTS = {
+    "mobilenetv2_coco_512x512.py": (
+        "mobilenetv2_coco_512x512-4d96e309_20200816.pth from the MMPose 0.x model zoo: "
+        "https://download.openmmlab.com/mmpose/bottom_up/mobilenetv2_coco_512x512-4d96e309_20200816.pth"),
+    "higherhrnet_w48_coco_512x512_udp.py": (
+        "higherhrnet_w48_humanart_512x512_udp.pth (the paper's evaluator, HigherHRNet-W48 trained on Human-Art) "
+        "from the HumanSD release (https://github.com/IDEA-Research/HumanSD, 'Model Weights')"),
+}
+
+PathLike = Union[str, os.PathLike]
+
+
+def require_mmpose():
+    """Import mmpose 0.x (and mmcv 1.x) or fail with the install command; returns the `mmpose` module."""
+    # mmpose 0.29's bottom-up pipeline still uses the alias `np.int` that numpy 2 removed; `int` is exactly
+    # what the alias used to mean. Done here, and only here, so the rest of the project never sees it.
+    if not hasattr(np, "int"):
+        np.int = int  # type: ignore[attr-defined]
+    try:
+        import mmcv  # noqa: F401
+        import mmpose
+        import mmpose.apis  # noqa: F401
+        import xtcocotools._mask  # noqa: F401
+    except ImportError as err:
+        raise ImportError(f"{INSTALL_HINT} (import failed: {err})") from err
+    if not mmpose.__version__.startswith("0."):
+        raise ImportError(f"mmpose {mmpose.__version__} is installed but grpose needs mmpose 0.x (0.29.0): the "
+                          f"HigherHRNet/UDP bottom-up models exist only there. {INSTALL_HINT}")
+    return mmpose
+
+
+def mmpose_config_root() -> Path:
+    """The directory of configs shipped inside the installed mmpose package."""
+    mmpose = require_mmpose()
+    return Path(mmpose.__file__).parent / ".mim" / "configs"
+
+
+def resolve_mmpose_config(name_or_path: PathLike) -> str:
+    """An existing config path, or a path relative to mmpose's shipped configs (`.mim/configs/` or its
+    `body/2d_kpt_sview_rgb_img/` subfolder, e.g. `associative_embedding/coco/mobilenetv2_coco_512x512.py`)."""
+    direct = Path(name_or_path).expanduser()
+    if direct.is_file():
+        return str(direct)
+    root = mmpose_config_root()
+    candidates = [direct, root / _BOTTOM_UP_CONFIG_DIR / name_or_path, root / name_or_path]
+    for candidate in candidates[1:]:
+        if candidate.is_file():
+            return str(candidate)
+    looked = "\n  ".join(str(c) for c in candidates)
+    raise FileNotFoundError(f"MMPose config {str(name_or_path)!r} not found. Looked at:\n  {looked}\n"
+                            f"Give a path to an mmpose 0.x config file or a path relative to "
+                            f"{root / _BOTTOM_UP_CONFIG_DIR}.")
+
+
+def _load_config(config: Any):
+    """An `mmcv.Config` from a config object, a path, or a name relative to the shipped configs (copied, so
+    callers may edit the result without touching theirs)."""
+    require_mmpose()
+    import mmcv
+
+    if isinstance(config, mmcv.Config):
+        return copy.deepcopy(config)
+    if isinstance(config, (str, os.PathLike)):
+        return mmcv.Config.fromfile(resolve_mmpose_config(config))
+    raise TypeError(f"pose model config must be a path, a config name or an mmcv.Config, got {type(config)}")
+
+
+def checkpoint_hint(config: Any) -> str:
+    """Where to get the checkpoint that belongs to a pose config (for error messages)."""
+    name = Path(str(getattr(config, "filename", None) or config)).name
+    return MODEL_ZOO_HINTS.get(name, "the checkpoint of this config from the MMPose 0.x model zoo")
+
+
+def build_pose_model(config: Any, checkpoint: Optional[PathLike] = None, device: Union[str, torch.device] = "cpu"
+                     ) -> nn.Module:
+    """The MMPose model of `config` (random init when `checkpoint` is None), in eval mode, all parameters frozen.
+
+    The model keeps its `mmcv.Config` in `model.cfg`, as `mmpose.apis` expects.
+    """
+    if checkpoint is not None and not Path(checkpoint).expanduser().is_file():
+        raise FileNotFoundError(f"pose model checkpoint {checkpoint} does not exist. Download "
+                                f"{checkpoint_hint(config)} and point the config at it.")
+    cfg = _load_config(config)
+    from mmpose.models import build_posenet
+
+    # Never fetch the ImageNet initialisation named in the config (`pretrained='mmcls://...'`): either the
+    # checkpoint overwrites everything, or a random model is what was asked for.
+    cfg.model.pretrained = None
+    model = build_posenet(cfg.model)
+    if checkpoint is not None:
+        load_pose_checkpoint(model, checkpoint, strict=True)
+    model.cfg = cfg
+    model.to(device)
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def _numpy_safe_globals() -> list:
+    """numpy objects that MMPose checkpoints carry in their `meta` (scores, arrays), allowed for
+    `torch.load(weights_only=True)`; numpy 1.x pickles name them under `numpy.core`, numpy 2 under `numpy._core`."""
+    multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
+    allowed: list = [np.ndarray, np.dtype]
+    for name in ("scalar", "_reconstruct"):
+        fn = getattr(multiarray, name)
+        allowed += [fn, (fn, f"numpy.core.multiarray.{name}"), (fn, f"numpy._core.multiarray.{name}")]
+    # numpy 2 pickles a dtype through its class (numpy.dtypes.Float64DType, ...)
+    allowed += sorted({type(np.dtype(code)) for code in "?bhilqBHILQefdgFDGUS"}, key=str)
+    return allowed
+
+
+def read_pose_checkpoint(path: PathLike, trust_pickle: bool = False) -> dict:
+    """The state dict of an MMPose 0.x checkpoint (`{"state_dict": ..., "meta": ...}` or a bare state dict).
+
+    Loads with `weights_only=True` plus an allow-list of the numpy types MMPose puts in `meta`. Only a caller
+    that trusts the file (the user's own, named explicitly) may pass `trust_pickle=True` to unpickle anything.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"pose model checkpoint {path} does not exist")
+    if trust_pickle:
+        raw = torch.load(path, map_location="cpu", weights_only=False)
+    else:
+        try:
+            with torch.serialization.safe_globals(_numpy_safe_globals()):
+                raw = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            unsafe = _unsafe_globals(path)
+            if not unsafe:
+                raise RuntimeError(f"pose model checkpoint {path} is not a readable PyTorch checkpoint: "
+                                   f"{str(err).splitlines()[0]}") from err
+            raise RuntimeError(
+                f"pose model checkpoint {path} could not be loaded safely: it pickles objects outside the "
+                f"allowed tensors/numpy types ({_few(unsafe)}). If it is not a PyTorch/MMPose checkpoint, point "
+                f"the config at the right file; if you trust it, load it with trust_pickle=True.") from err
+        except (RuntimeError, KeyError, EOFError, ValueError) as err:
+            # what torch.load raises on files that are not checkpoints at all (text, truncated downloads)
+            raise RuntimeError(f"pose model checkpoint {path} is not a readable PyTorch checkpoint "
+                               f"({type(err).__name__}: {err}); download it again") from err
+    state = raw.get("state_dict", raw) if isinstance(raw, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise RuntimeError(f"pose model checkpoint {path} holds no state dict of tensors (neither under "
+                           f"'state_dict' nor at the top level; top-level keys: {_few(raw)})")
+    # checkpoints saved from a DataParallel/DDP-wrapped model prefix every key
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return dict(state)
+
+
+def _unsafe_globals(path: Path) -> list[str]:
+    """Names of the non-allowed globals a zip-format checkpoint pickles ([] when they cannot be listed)."""
+    if not zipfile.is_zipfile(path):
+        return []
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except (RuntimeError, pickle.UnpicklingError, ValueError, KeyError):
+        return []
+
+
+def _few(keys: Any, n: int = 5) -> str:
+    keys = list(keys) if isinstance(keys, (dict, list, tuple, set)) else [type(keys).__name__]
+    shown = ", ".join(str(k) for k in keys[:n])
+    return shown + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
+
+
+def load_pose_checkpoint(model: nn.Module, path: PathLike, strict: bool = True, trust_pickle: bool = False
+                         ) -> None:
+    """Load an MMPose 0.x checkpoint into `model`; with `strict`, any missing or unexpected key is an error."""
+    state = read_pose_checkpoint(path, trust_pickle=trust_pickle)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if strict and (missing or unexpected):
+        raise RuntimeError(
+            f"pose model checkpoint {path} does not match the model built from its config: "
+            f"{len(missing)} missing keys ({_few(missing)}), {len(unexpected)} unexpected keys "
+            f"({_few(unexpected)}). Check that the checkpoint belongs to the configured pose config.")
+    wrong_shape = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+                   for k in own if k in state and state[k].shape != own[k].shape]
+    if wrong_shape:
+        raise RuntimeError(f"pose model checkpoint {path}: tensor shapes differ from the model "
+                           f"(checkpoint vs model): {_few(wrong_shape)}")
+    model.load_state_dict(state, strict=strict)
+
+
+def _find_transform(node: Any, type_name: str) -> Optional[dict]:
+    """The first `dict(type=type_name, ...)` in a (nested) mmpose pipeline description."""
+    if isinstance(node, dict):
+        if node.get("type") == type_name:
+            return node
+        children: Iterable = node.values()
+    elif isinstance(node, (list, tuple)):
+        children = node
+    else:
+        return None
+    for child in children:
+        found = _find_transform(child, type_name)
+        if found is not None:
+            return found
+    return None
+
+
+def input_normalisation(cfg: Any) -> tuple[list[float], list[float], str]:
+    """(mean, std, channel order) the network was trained with, read from its config's test pipeline.
+
+    mmpose 0.x pipelines load RGB (`LoadImageFromFile(channel_order='rgb')` is the default), turn the image
+    into [0, 1] (`ToTensor`) and apply `NormalizeTensor(mean, std)` given on that [0, 1] scale.
+    """
+    pipeline = cfg.get("test_pipeline") or cfg.get("val_pipeline")
+    if pipeline is None:
+        raise KeyError(f"pose config {cfg.filename} has no test_pipeline/val_pipeline to read the input "
+                       f"normalisation from")
+    norm = _find_transform(pipeline, "NormalizeTensor")
+    if norm is None:
+        raise KeyError(f"pose config {cfg.filename}: no NormalizeTensor step in its test pipeline, so the "
+                       f"network's input normalisation is unknown")
+    loader = _find_transform(pipeline, "LoadImageFromFile") or {}
+    order = str(loader.get("channel_order", "rgb")).lower()
+    return [float(m) for m in norm["mean"]], [float(s) for s in norm["std"]], order
+
+
+class PoseBackbone(nn.Module):
+    """The frozen backbone of an MMPose model as a differentiable feature extractor phi (paper eq. 9).
+
+    Input: float B x 3 x H x W RGB in [-1, 1] (what the VAE decodes). Preprocessing mirrors mmpose's test
+    pipeline with torch ops so gradients reach the image: [-1, 1] -> [0, 1] (clamped, as an 8-bit image would
+    be), bilinear resize to `input_size` (antialias off), the config's mean/std, the config's channel order.
+
+    The network is kept out of `_modules` on purpose: it is never trained, never in `parameters()` (so no
+    optimizer or DDP sees it) and never in a parent's `state_dict()` (checkpoints stay adapter-only). Device and
+    dtype moves (`.to()`, `.cuda()`, `.half()`) still reach it through `_apply`, and it always stays in eval mode.
+    """
+
+    def __init__(self, model_or_config: Any, checkpoint: Optional[PathLike] = None,
+                 feature_indices: Sequence[int] = (-1,), input_size: int = 512):
+        super().__init__()
+        if isinstance(model_or_config, nn.Module):
+            model = model_or_config
+            if checkpoint is not None:
+                load_pose_checkpoint(model, checkpoint, strict=True)
+        else:
+            model = build_pose_model(model_or_config, checkpoint)
+        cfg = getattr(model, "cfg", None)
+        if cfg is None or not hasattr(model, "backbone"):
+            raise TypeError("PoseBackbone needs an MMPose model built by build_pose_model (with `.backbone` and "
+                            "`.cfg`), or a config path/name")
+        if not feature_indices:
+            raise ValueError("PoseBackbone: feature_indices must name at least one backbone output")
+        mean, std, order = input_normalisation(cfg)
+        net = model.backbone
+        net.requires_grad_(False)
+        net.eval()
+        self.__dict__["_net"] = net  # not a registered submodule: see the class docstring
+        self.feature_indices = tuple(int(i) for i in feature_indices)
+        self.input_size = int(input_size)
+        self.bgr_input = order == "bgr"
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        super().train(False)
+
+    @property
+    def net(self) -> nn.Module:
+        return self._net
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        self._net._apply(fn)
+        return self
+
+    def train(self, mode: bool = True) -> "PoseBackbone":
+        # a frozen estimator: BatchNorm must keep using its running statistics, whatever the parent does
+        super().train(False)
+        self._net.eval()
+        return self
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"PoseBackbone expects B x 3 x H x W RGB images in [-1, 1], got {tuple(images.shape)}")
+        x = ((images.to(self.mean.dtype) + 1.0) / 2.0).clamp(0.0, 1.0)
+        if x.shape[-2:] != (self.input_size, self.input_size):
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False,
+                              antialias=False)
+        if self.bgr_input:
+            x = x.flip(1)
+        return (x - self.mean) / self.std
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        x = self.preprocess(images)
+        # the frozen estimator runs in its own precision, as the release did (autocast disabled)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            out = self._net(x)
+        outputs = [out] if isinstance(out, torch.Tensor) else list(out)
+        try:
+            return [outputs[i] for i in self.feature_indices]
+        except IndexError:
+            raise IndexError(f"PoseBackbone: feature_indices {self.feature_indices} out of range; the backbone "
+                             f"returns {len(outputs)} feature map(s) (set more `out_indices` in the pose config "
+                             f"to expose other stages)") from None
+
+    def extra_repr(self) -> str:
+        return (f"net={type(self._net).__name__}, feature_indices={self.feature_indices}, "
+                f"input_size={self.input_size}")
+
+
+class BottomUpPoseEstimator:
+    """An MMPose 0.x bottom-up estimator (`inference_bottom_up_pose_model`) for pose metrics (SPEC section 7).
+
+    `predict` takes RGB images. mmpose 0.x assumes an ndarray is BGR and converts it to RGB
+    (`LoadImageFromFile._bgr2rgb`), so RGB is turned into BGR first and the network sees true RGB.
+    `swap_rgb_bgr=True` passes the RGB array unchanged, reproducing the release's evaluator, whose
+    HigherHRNet saw channel-swapped images (reference-notes 7.1); use it only for the `paper` protocol.
+    """
+
+    def __init__(self, config: Any, checkpoint: Optional[PathLike], device: Union[str, torch.device] = "cpu",
+                 flip_test: bool = True, pose_nms_thr: float = 1.0, swap_rgb_bgr: bool = False):
+        self.model = build_pose_model(config, checkpoint, device)
+        self.model.test_cfg["flip_test"] = bool(flip_test)
+        self.model.cfg.model.test_cfg["flip_test"] = bool(flip_test)
+        self.pose_nms_thr = float(pose_nms_thr)
+        self.swap_rgb_bgr = bool(swap_rgb_bgr)
+
+    def predict(self, images: Sequence[np.ndarray]) -> list[list[tuple[np.ndarray, float]]]:
+        """Per image, a list of (keypoints [K, 3] float32 (x, y, score) in pixels, person score)."""
+        from mmpose.apis import inference_bottom_up_pose_model
+
+        results = []
+        for index, image in enumerate(images):
+            image = np.asarray(image)
+            if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+                raise ValueError(f"BottomUpPoseEstimator.predict: image {index} must be uint8 H x W x 3 RGB, got "
+                                 f"{image.dtype} {image.shape}")
+            fed = image if self.swap_rgb_bgr else image[..., ::-1]
+            people, _ = inference_bottom_up_pose_model(self.model, np.ascontiguousarray(fed),
+                                                       pose_nms_thr=self.pose_nms_thr)
+            results.append([(np.asarray(p["keypoints"], dtype=np.float32), float(p["score"])) for p in people])
+        return results

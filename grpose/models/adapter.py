@@ -1,0 +1,172 @@
+"""The trainable branches: GraphPoseAdapter (GRPose) and the plain ControlNet baseline, both returning 12 + 1
+residuals for the frozen UNet's `down_block_additional_residuals` / `mid_block_additional_residual`."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from diffusers import ControlNetModel, UNet2DConditionModel
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .pgi import GRAPH_NAMES, ProgressiveGraphIntegrator
+from .pose_encoder import PoseEncoder
+
+Residuals = tuple[list[torch.Tensor], torch.Tensor]
+
+# UNet2DConditionModel config keys that shape the encoder half; everything else (up blocks, ...) is irrelevant.
+_ENCODER_KEYS = (
+    "in_channels", "flip_sin_to_cos", "freq_shift", "down_block_types", "only_cross_attention",
+    "block_out_channels", "layers_per_block", "downsample_padding", "mid_block_scale_factor", "act_fn",
+    "norm_num_groups", "norm_eps", "cross_attention_dim", "attention_head_dim", "num_attention_heads",
+    "use_linear_projection", "upcast_attention", "resnet_time_scale_shift", "transformer_layers_per_block",
+)
+
+
+def encoder_config(unet_config: Any) -> dict:
+    """The subset of a UNet config that determines its encoder (and so the adapter's trunk)."""
+    return {key: unet_config[key] for key in _ENCODER_KEYS if key in unet_config}
+
+
+def _to_list(value) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+class GraphPoseAdapter(ModelMixin, ConfigMixin):
+    """GRPose's Graph Pose Adapter (paper section 3, SPEC section 2).
+
+    A copy of the SD1.5 UNet encoder (conv_in, time embedding, 4 down blocks) and middle block. The first ResNet
+    block of every level in `pgi_levels` is a ProgressiveGraphIntegrator fed with that level's PoseEncoder
+    feature; the pose image does not enter at conv_in. 12 zero 1x1 convs on the encoder skips and one on the
+    middle block give the residuals. Parameter names of the trunk match both UNet2DConditionModel and diffusers'
+    ControlNetModel (`down_blocks.*`, `mid_block.*`, `controlnet_down_blocks.*`, `controlnet_mid_block`).
+    """
+
+    _supports_gradient_checkpointing = True
+
+    @register_to_config
+    def __init__(self, unet_config: dict, pgi_levels: Sequence[int] = (0, 1, 2, 3),
+                 graphs: Sequence[str] = GRAPH_NAMES, graph_type: str = "edgeconv", knn_k: int = 9,
+                 positional_encoding: bool = False, edgeconv_groups: int = 4, knn_chunk_mb: float = 256.0,
+                 pose_stem_channels: Sequence[int] = (32, 64, 128),
+                 pose_level_channels: Sequence[int] = (192, 256, 384, 512)):
+        super().__init__()
+        # diffusers' ControlNetModel builds exactly the UNet's encoder + mid block + zero convs; borrow them.
+        trunk = ControlNetModel(**{k: _to_list(v) for k, v in unet_config.items()})
+        self.conv_in = trunk.conv_in
+        self.time_proj = trunk.time_proj
+        self.time_embedding = trunk.time_embedding
+        self.down_blocks = trunk.down_blocks
+        self.mid_block = trunk.mid_block
+        self.controlnet_down_blocks = trunk.controlnet_down_blocks
+        self.controlnet_mid_block = trunk.controlnet_mid_block
+        del trunk  # its hint encoder is not part of GRPose
+
+        self.pose_encoder = PoseEncoder(3, pose_stem_channels, pose_level_channels)
+        temb_channels = self.time_embedding.linear_2.out_features
+        for level in sorted(set(pgi_levels)):
+            if not 0 <= level < len(self.down_blocks):
+                raise ValueError(f"pgi_levels entry {level} is not a level of a {len(self.down_blocks)}-level UNet")
+            resnet = self.down_blocks[level].resnets[0]
+            self.down_blocks[level].resnets[0] = ProgressiveGraphIntegrator(
+                in_channels=resnet.conv1.in_channels, out_channels=resnet.conv1.out_channels,
+                temb_channels=temb_channels, pose_channels=pose_level_channels[level], graphs=graphs,
+                norm_groups=unet_config.get("norm_num_groups", 32), graph_kind=graph_type, k=knn_k,
+                edgeconv_groups=edgeconv_groups, positional_encoding=positional_encoding,
+                knn_chunk_mb=knn_chunk_mb)
+        self.gradient_checkpointing = False
+
+    @classmethod
+    def from_unet(cls, unet: UNet2DConditionModel, load_weights_from_unet: bool = True,
+                  **adapter_kwargs) -> "GraphPoseAdapter":
+        """Build from a UNet's config and copy every weight that mirrors it (encoder, mid block, and in each
+        PGI conv1 / time_emb_proj / conv_shortcut). Returns the adapter; see `copy_unet_weights` for the report."""
+        adapter = cls(unet_config=encoder_config(unet.config), **adapter_kwargs)
+        if load_weights_from_unet:
+            adapter.copy_unet_weights(unet.state_dict())
+        return adapter
+
+    def copy_unet_weights(self, unet_state: dict[str, torch.Tensor]) -> dict[str, list[str]]:
+        """Copy every adapter tensor whose key and shape exist in the UNet state dict; the rest keeps its designed
+        init (zero convs stay zero). Returns {"copied", "new", "mismatched"} key lists."""
+        report: dict[str, list[str]] = {"copied": [], "new": [], "mismatched": []}
+        own = self.state_dict()
+        updates = {}
+        for key, tensor in own.items():
+            source = unet_state.get(key)
+            if source is None:
+                report["new"].append(key)
+            elif source.shape != tensor.shape:
+                report["mismatched"].append(key)
+            else:
+                updates[key] = source
+                report["copied"].append(key)
+        self.load_state_dict(updates, strict=False)
+        return report
+
+    def _run(self, module: nn.Module, *args, **kwargs):
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return checkpoint(module, *args, use_reentrant=False, **kwargs)
+        return module(*args, **kwargs)
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                pose_image: torch.Tensor, conditioning_scale: float = 1.0) -> Residuals:
+        """sample: noisy latent B x 4 x h x w; pose_image: B x 3 x 8h x 8w in [-1, 1]."""
+        timesteps = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(sample.shape[0])
+        temb = self.time_embedding(self.time_proj(timesteps).to(sample.dtype))
+        pose_features = self._run(self.pose_encoder, pose_image.to(sample.dtype))
+
+        h = self.conv_in(sample)
+        skips = [h]
+        for level, block in enumerate(self.down_blocks):
+            attentions = getattr(block, "attentions", None)
+            for i, resnet in enumerate(block.resnets):
+                if isinstance(resnet, ProgressiveGraphIntegrator):
+                    h = self._run(resnet, h, temb, pose_features[level])
+                else:
+                    h = self._run(resnet, h, temb)
+                if attentions is not None:
+                    h = self._run(attentions[i], h, encoder_hidden_states=encoder_hidden_states,
+                                  return_dict=False)[0]
+                skips.append(h)
+            for downsampler in block.downsamplers or []:
+                h = downsampler(h)
+                skips.append(h)
+        h = self._run(self.mid_block, h, temb, encoder_hidden_states=encoder_hidden_states)
+
+        down = [zero_conv(skip) * conditioning_scale for zero_conv, skip in zip(self.controlnet_down_blocks, skips)]
+        return down, self.controlnet_mid_block(h) * conditioning_scale
+
+
+class ControlNetBaseline(ControlNetModel):
+    """Plain ControlNet (paper Table 2, first row): hint encoder into conv_in, no PGI, diffusers' own model.
+
+    Our pose images are in [-1, 1]; ControlNet conditions on [0, 1], so the hint is rescaled here.
+    """
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                pose_image: torch.Tensor, conditioning_scale: float = 1.0) -> Residuals:
+        down, mid = super().forward(sample, timestep, encoder_hidden_states,
+                                    controlnet_cond=(pose_image.to(sample.dtype) + 1) / 2,
+                                    conditioning_scale=conditioning_scale, return_dict=False)
+        return list(down), mid
+
+
+def build_adapter(model_cfg: Any, unet: UNet2DConditionModel, load_weights_from_unet: bool = True) -> nn.Module:
+    """The adapter named by `model.adapter` in the config, initialised from (a copy of) the UNet's encoder."""
+    if model_cfg.adapter == "controlnet":
+        return ControlNetBaseline.from_unet(unet, load_weights_from_unet=load_weights_from_unet)
+    return GraphPoseAdapter.from_unet(
+        unet, load_weights_from_unet=load_weights_from_unet,
+        pgi_levels=list(model_cfg.pgi_levels), graphs=list(model_cfg.graphs), graph_type=model_cfg.graph_type,
+        knn_k=model_cfg.knn_k, positional_encoding=model_cfg.positional_encoding,
+        edgeconv_groups=model_cfg.edgeconv_groups, knn_chunk_mb=model_cfg.knn_chunk_mb,
+        pose_stem_channels=list(model_cfg.pose_stem_channels),
+        pose_level_channels=list(model_cfg.pose_level_channels))
+
+
+def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
