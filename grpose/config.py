@@ -51,6 +51,10 @@ class ModelConfig:
     pose_level_channels: list[int] = field(default_factory=lambda: [192, 256, 384, 512])
     conditioning_scale: float = 1.0
     gradient_checkpointing: bool = False
+    # Speed switches (none changes results beyond numerical tolerance; see BENCHMARKS.md)
+    frozen_dtype: str = "fp32"  # dtype of the frozen UNet/VAE/text encoder weights: fp32 | bf16 | fp16
+    channels_last: bool = False
+    compile: bool = False  # torch.compile the adapter and the frozen UNet
 
 
 @dataclass
@@ -104,6 +108,7 @@ class TrainerConfig:
     limit_val_batches: float = 1.0
     num_sanity_val_steps: int = 0
     enable_progress_bar: bool = True
+    tf32: bool = True  # TF32 matmuls/convolutions on Ampere+ GPUs
 
 
 @dataclass
@@ -142,6 +147,7 @@ _CHOICES = {
     "model.graph_type": ("edgeconv", "gcn"),
     "trainer.precision": ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true"),
     "trainer.logger": ("tensorboard", "csv"),
+    "model.frozen_dtype": ("fp32", "bf16", "fp16"),
 }
 _GRAPH_NAMES = ("latent", "pose", "fuse")
 
@@ -212,6 +218,9 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("model.pose_stem_channels needs 3 entries and model.pose_level_channels 4")
     if not 0.0 <= cfg.data.prompt_dropout <= 1.0:
         raise ConfigError("data.prompt_dropout must be in [0, 1]")
+    if cfg.model.frozen_dtype != "fp32" and "mixed" not in str(cfg.trainer.precision):
+        raise ConfigError(f"model.frozen_dtype={cfg.model.frozen_dtype} needs a mixed trainer.precision "
+                          f"(bf16-mixed or 16-mixed), got {cfg.trainer.precision}")
     if cfg.loss.pose_perception.alpha < 0:
         raise ConfigError("loss.pose_perception.alpha must be >= 0")
 

@@ -17,6 +17,7 @@ from .pipeline import GRPosePipeline
 from .sd15 import StableDiffusionParts, build_sd15, encode_prompts, make_scheduler
 
 ADAPTER_PREFIX = "adapter."
+FROZEN_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class GRPoseLitModule(pl.LightningModule):
@@ -30,7 +31,8 @@ class GRPoseLitModule(pl.LightningModule):
         super().__init__()
         self.cfg = cfg
         self.save_hyperparameters({"config": OmegaConf.to_container(cfg, resolve=True)})
-        parts = parts if parts is not None else build_sd15(cfg.model.base, cfg.model.pretrained)
+        parts = parts if parts is not None else build_sd15(cfg.model.base, cfg.model.pretrained,
+                                                            torch_dtype=FROZEN_DTYPES[cfg.model.frozen_dtype])
         self.sd = parts
         # Registered as submodules so Lightning moves them with the module; frozen and in eval mode forever.
         self.unet, self.vae, self.text_encoder = parts.unet, parts.vae, parts.text_encoder
@@ -42,6 +44,12 @@ class GRPoseLitModule(pl.LightningModule):
         if cfg.model.gradient_checkpointing:
             self.adapter.enable_gradient_checkpointing()
             self.unet.enable_gradient_checkpointing()
+        if cfg.model.channels_last:
+            for module in (self.unet, self.vae, self.adapter):
+                module.to(memory_format=torch.channels_last)
+        if cfg.model.compile:
+            self.adapter.compile()
+            self.unet.compile()
 
         self.noise_scheduler = make_scheduler("ddpm")
         self.register_buffer("alphas_cumprod", self.noise_scheduler.alphas_cumprod.clone(), persistent=False)
@@ -87,6 +95,11 @@ class GRPoseLitModule(pl.LightningModule):
     def pose_loss_active(self) -> bool:
         return self.pose_loss_module is not None and self.pose_loss_schedule.is_active(
             self.current_epoch, self.global_step)
+
+    def setup(self, stage: str) -> None:
+        if self.cfg.trainer.tf32 and torch.cuda.is_available():
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
 
     def on_fit_start(self) -> None:
         if self.pose_loss_module is not None:

@@ -39,10 +39,11 @@ def tiny_clip(tmp_path_factory):
             max_position_embeddings=77, bos_token_id=vocab["<|startoftext|>"], eos_token_id=end, pad_token_id=end,
         ),
         vision_config=dict(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32,
+            patch_size=8,
         ),
         projection_dim=16,
-    )  # fmt: skip
+    )
     torch.manual_seed(0)
     model = CLIPModel(config)
     with torch.no_grad():

@@ -17,7 +17,8 @@ from grpose.eval.pose_metrics import (
     weighted_cosine_similarity,
 )
 
-SIGMAS = np.array([0.26, 0.25, 0.25, 0.35, 0.35, 0.79, 0.79, 0.72, 0.72, 0.62, 0.62, 1.07, 1.07, 0.87, 0.87, 0.89, 0.89]) / 10
+# COCO keypoint sigmas (cocodataset.org keypoint evaluation), copied by hand for the oracle.
+SIGMAS = np.array([.26, .25, .25, .35, .35, .79, .79, .72, .72, .62, .62, 1.07, 1.07, .87, .87, .89, .89]) / 10
 THRESHOLDS = np.linspace(0.5, 0.95, 10)
 
 

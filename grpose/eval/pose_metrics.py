@@ -37,6 +37,7 @@ METRIC_KEYS = ("AP", "AP50", "AP75", "APm", "APl", "SAP", "PCE", "num_images")
 # Positions of the reported numbers in COCOeval.stats for iouType="keypoints".
 _STATS_INDEX = {"AP": 0, "AP50": 1, "AP75": 2, "APm": 3, "APl": 4}
 
+#: One detected person: (keypoints [17, 3] as (x, y, score), person score).
 Detection = tuple[np.ndarray, float]
 
 
@@ -49,7 +50,9 @@ def _resolve_backend(backend: str) -> str:
     if backend == "auto":
         try:
             import xtcocotools.cocoeval  # noqa: F401
-        except ImportError:
+        except (ImportError, ValueError):
+            # ValueError: a PyPI xtcocotools wheel built against numpy 1 under numpy 2 ("dtype size changed").
+            # pycocotools gives the same numbers, so falling back loses nothing.
             return "pycocotools"
         return "xtcocotools"
     if backend not in ("xtcocotools", "pycocotools"):
@@ -303,7 +306,7 @@ def _as_detection(det: Any, index: int) -> tuple[np.ndarray, float]:
     return kpts, float(score)
 
 
-def build_coco_dt(detections: Sequence[Sequence[Any]], image_ids: Sequence[int]) -> list[dict[str, Any]]:
+def build_coco_dt(detections: Sequence[Sequence[Detection]], image_ids: Sequence[int]) -> list[dict[str, Any]]:
     """COCO keypoint results (``loadRes`` input) for per-image detections ``[(keypoints [17, 3], score), ...]``.
 
     Detections whose keypoint scores are all <= 0 are dropped, as xtcocotools (the release's evaluator) does, so
@@ -369,7 +372,7 @@ def _evaluate(
     return np.asarray(evaluator.stats, dtype=np.float64)
 
 
-def _person_counts(gt_poses: Sequence[Any], detections: Sequence[Sequence[Any]]) -> np.ndarray:
+def _person_counts(gt_poses: Sequence[Any], detections: Sequence[Sequence[Detection]]) -> np.ndarray:
     """|#GT persons - #detections| per image, indexed by image (unlike the release, which enumerates only images
     with GT and so shifts the pairing when some image has nobody). All detections count, no score filter."""
     errors = []
@@ -388,7 +391,7 @@ def _stats_to_metrics(oks_stats: np.ndarray, sap_stats: np.ndarray) -> dict[str,
 
 def pose_metrics(
     gt_poses: Sequence[Any],
-    detections: Sequence[Sequence[Any]],
+    detections: Sequence[Sequence[Detection]],
     protocol: str = "standard",
     batch_size: int = 4,
     image_size: int | Sequence[int] = 512,

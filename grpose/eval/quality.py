@@ -102,7 +102,9 @@ def resolve_inception_weights(path: str | os.PathLike | None = None) -> Path:
     for name in (INCEPTION_WEIGHTS_FILENAME, PYTORCH_FID_WEIGHTS_FILENAME):
         if (hub / name).is_file():
             return hub / name
-    raise FileNotFoundError(f"No Inception weights in {hub} (looked for {INCEPTION_WEIGHTS_FILENAME}). {_weights_help()}")
+    raise FileNotFoundError(
+        f"No Inception weights in {hub} (looked for {INCEPTION_WEIGHTS_FILENAME}). {_weights_help()}"
+    )
 
 
 def inception_feature_extractor(width: int, weights_path: str | os.PathLike) -> nn.Module:
@@ -133,11 +135,11 @@ def load_image(item: ImageItem) -> np.ndarray:
     if isinstance(item, (str, os.PathLike)):
         try:
             with Image.open(item) as img:
-                return np.asarray(img.convert("RGB"))
+                return np.array(img.convert("RGB"))
         except (OSError, ValueError) as err:
             raise OSError(f"quality: cannot read image file {os.fspath(item)}: {err}") from err
     if isinstance(item, Image.Image):
-        return np.asarray(item.convert("RGB"))
+        return np.array(item.convert("RGB"))
     arr = np.asarray(item)
     if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
         raise ValueError(f"quality: images must be uint8 HxWx3 arrays or file paths, got {arr.dtype} {arr.shape}.")
@@ -271,9 +273,7 @@ class QualityMetrics:
     def _kid_subset_size(self, n_real: int, n_fake: int) -> int | None:
         size = self.protocol.kid_subset_size
         if size is None:
-            size = min(1000, n_real, n_fake)
-            # Unbiased MMD needs two samples per subset.
-            return size if size >= 2 else None
+            return min(1000, n_real, n_fake)
         return size if min(n_real, n_fake) >= size else None
 
     def scenario(

@@ -65,7 +65,8 @@ class PosePerceptionLoss(nn.Module):
         if len(pred_features) != len(target_features) or not pred_features:
             raise RuntimeError("PosePerceptionLoss: the backbone returned different feature lists for the "
                                "prediction and the target")
-        per_feature = [(p.float() - t.float()).pow(2).flatten(1).mean(dim=1)
+        # low-precision features (bf16/fp16) are compared in float32; float64 stays float64
+        per_feature = [(p - t).to(torch.promote_types(p.dtype, torch.float32)).pow(2).flatten(1).mean(dim=1)
                        for p, t in zip(pred_features, target_features)]
         return torch.stack(per_feature, dim=0).mean(dim=0)
 
@@ -85,9 +86,11 @@ class PosePerceptionLoss(nn.Module):
             return loss
         # the frozen network only runs on samples whose loss can be non-zero (e.g. t < max_timestep)
         if bool(active.all()):
-            return w * self.distance(pred_images, target_images)
+            distance = self.distance(pred_images, target_images)
+            return w.to(distance.dtype) * distance
         idx = active.nonzero(as_tuple=True)[0]
-        return loss.index_put((idx,), w[idx] * self.distance(pred_images[idx], target_images[idx]))
+        distance = self.distance(pred_images[idx], target_images[idx])
+        return loss.to(distance.dtype).index_put((idx,), w[idx].to(distance.dtype) * distance)
 
 
 class PoseLossSchedule:
