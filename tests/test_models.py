@@ -203,3 +203,20 @@ def test_adapter_gradient_checkpointing_matches():
     # BatchNorm running stats update twice under checkpointing recomputation, but gradients must agree
     for a, b in zip(plain, ckpt):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_full_size_adapters_instantiate_from_shipped_configs():
+    """Full SD1.5 size on the meta device (no memory, no download); counts quoted in the README."""
+    from grpose.models.adapter import encoder_config
+    from grpose.sd15 import sd15_config
+
+    unet_cfg = encoder_config(sd15_config("sd15", "unet"))
+    with torch.device("meta"):
+        grpose = GraphPoseAdapter(unet_config=unet_cfg)
+        controlnet = ControlNetBaseline(**unet_cfg)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(grpose) == 412_997_248
+    assert count(controlnet) == 361_279_120
+    pgis = [m for m in grpose.modules() if isinstance(m, ProgressiveGraphIntegrator)]
+    assert len(pgis) == 4 and sum(isinstance(m, GraphConv) for m in grpose.modules()) == 12
+    assert [p.conv1.out_channels for p in pgis] == [320, 640, 1280, 1280]

@@ -1,4 +1,4 @@
-"""Pose perception loss L_p (paper section 3.4, eq. 9-10): feature MSE of a frozen pose network between the
+"""Pose perception loss L_p (paper section 3.3, eq. 9-10): feature MSE of a frozen pose network between the
 decoded prediction x0_hat and the ground-truth image, plus the "gradual constraint" schedule that turns it on.
 """
 
@@ -13,6 +13,9 @@ from torch import nn
 
 class PosePerceptionLoss(nn.Module):
     """alpha * L_p per sample, with L_p = mean over compared features of mean((phi(x0_hat) - phi(x0))^2).
+
+    The mean runs over channels too, as in the release (reference-notes 2.2 step 5); the paper's eq. 9 sums the
+    channels (a squared L2 norm per position) and averages over positions only, i.e. C times larger.
 
     `backbone` maps B x 3 x H x W RGB images in [-1, 1] to a list of feature maps (`PoseBackbone`); it is
     frozen and kept in eval mode. Ground-truth features are computed without gradient; the prediction's
@@ -66,8 +69,10 @@ class PosePerceptionLoss(nn.Module):
             raise RuntimeError("PosePerceptionLoss: the backbone returned different feature lists for the "
                                "prediction and the target")
         # low-precision features (bf16/fp16) are compared in float32; float64 stays float64
-        per_feature = [(p - t).to(torch.promote_types(p.dtype, torch.float32)).pow(2).flatten(1).mean(dim=1)
-                       for p, t in zip(pred_features, target_features)]
+        per_feature = []
+        for p, t in zip(pred_features, target_features):
+            dtype = torch.promote_types(p.dtype, torch.float32)
+            per_feature.append((p.to(dtype) - t.to(dtype)).pow(2).flatten(1).mean(dim=1))
         return torch.stack(per_feature, dim=0).mean(dim=0)
 
     def forward(self, pred_images: torch.Tensor, target_images: torch.Tensor, timesteps: torch.Tensor,
@@ -94,7 +99,7 @@ class PosePerceptionLoss(nn.Module):
 
 
 class PoseLossSchedule:
-    """The paper's "gradual constraint" (section 3.4): L_p only from `start_epoch` (0-based, as Lightning counts;
+    """The paper's "gradual constraint" (section 4.1): L_p only from `start_epoch` (0-based, as Lightning counts;
     the paper's "last 5 of 20 epochs" is start_epoch=15) or from global step `start_step`. Neither = always on."""
 
     def __init__(self, start_epoch: Optional[int] = None, start_step: Optional[int] = None):
