@@ -16,18 +16,23 @@ from .data.skeleton import overlay_pose, tensor_to_uint8
 from .pipeline import images_to_uint8
 
 
+MIN_PANEL = 192
+
+
 def sample_grid(prompts: list[str], poses: torch.Tensor, samples: torch.Tensor) -> Image.Image:
     """One row per example: pose | sample | sample with the pose overlaid, the prompt written under the row."""
     pose_u8 = [tensor_to_uint8(p) for p in poses]
     sample_u8 = images_to_uint8(samples).numpy()
-    size = sample_u8.shape[1]
+    # tiny demo images are blown up (nearest) so panels and captions stay readable
+    size = max(sample_u8.shape[1], MIN_PANEL)
     caption_h = 28
     grid = Image.new("RGB", (3 * size, len(prompts) * (size + caption_h)), "white")
     draw = ImageDraw.Draw(grid)
     for row, (prompt, pose, sample) in enumerate(zip(prompts, pose_u8, sample_u8)):
         top = row * (size + caption_h)
         for col, panel in enumerate((pose, sample, overlay_pose(sample, pose))):
-            grid.paste(Image.fromarray(np.ascontiguousarray(panel)), (col * size, top))
+            tile = Image.fromarray(np.ascontiguousarray(panel)).resize((size, size), Image.NEAREST)
+            grid.paste(tile, (col * size, top))
         text = textwrap.shorten(prompt or "(empty prompt)", width=max(20, 3 * size // 7))
         draw.text((4, top + size + 4), text, fill="black")
     return grid

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import os
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, Union
@@ -42,10 +43,16 @@ def require_mmpose():
     if not hasattr(np, "int"):
         np.int = int  # type: ignore[attr-defined]
     try:
-        import mmcv  # noqa: F401
-        import mmpose
-        import mmpose.apis  # noqa: F401
-        import xtcocotools._mask  # noqa: F401
+        with warnings.catch_warnings():
+            # import-time notices of mmcv 1.x / mmpose 0.x that concern nothing grpose uses
+            warnings.filterwarnings("ignore", message=r"On January 1, 2023, MMCV will release v2\.0\.0")
+            warnings.filterwarnings("ignore", message=r"Fail to import ``MultiScaleDeformableAttention``")
+            warnings.filterwarnings("ignore", message=r"Please import `gaussian_filter1d`",
+                                    category=DeprecationWarning)
+            import mmcv  # noqa: F401
+            import mmpose
+            import mmpose.apis  # noqa: F401
+            import xtcocotools._mask  # noqa: F401
     except ImportError as err:
         raise ImportError(f"{INSTALL_HINT} (import failed: {err})") from err
     if not mmpose.__version__.startswith("0."):
