@@ -63,6 +63,7 @@ class PosePerceptionConfig:
     network_config: str = "associative_embedding/coco/mobilenetv2_coco_512x512.py"
     network_checkpoint: Optional[str] = "models/mobilenetv2_coco_512x512-4d96e309_20200816.pth"
     feature_indices: list[int] = field(default_factory=lambda: [-1])  # which backbone outputs to compare
+    input_size: int = 512  # the pose network's input resolution (images are resized to it)
     alpha_bar_weight: bool = False  # multiply per-sample L_p by alpha_bar_t (the release does)
     max_timestep: Optional[int] = None  # only apply L_p when t < max_timestep
     start_epoch: Optional[int] = None  # gradual constraint: L_p on from this epoch ...

@@ -53,13 +53,15 @@ class GRPoseLitModule(pl.LightningModule):
 
         self.noise_scheduler = make_scheduler("ddpm")
         self.register_buffer("alphas_cumprod", self.noise_scheduler.alphas_cumprod.clone(), persistent=False)
+        self.pose_loss = None
         self.pose_loss_schedule = None
         pose_cfg = cfg.loss.pose_perception
         if pose_cfg.alpha > 0:
-            # Imported here: with alpha = 0 training never touches mmpose.
+            # Imported here: with alpha = 0 training never touches mmpose. The loss module holds its pose network
+            # outside its parameters and state dict, so registering it adds nothing to checkpoints.
             from .losses.pose_perception import PoseLossSchedule, build_pose_perception_loss
 
-            self._pose_loss_holder = [build_pose_perception_loss(pose_cfg)]  # a list keeps it out of state_dict
+            self.pose_loss = build_pose_perception_loss(pose_cfg)
             self.pose_loss_schedule = PoseLossSchedule(pose_cfg.start_epoch, pose_cfg.start_step)
 
     # ---- checkpoint content: the adapter only -------------------------------------------------------------
@@ -87,23 +89,13 @@ class GRPoseLitModule(pl.LightningModule):
         return self
 
     # ---- training ---------------------------------------------------------------------------------------
-    @property
-    def pose_loss_module(self):
-        holder = getattr(self, "_pose_loss_holder", None)
-        return holder[0] if holder else None
-
     def pose_loss_active(self) -> bool:
-        return self.pose_loss_module is not None and self.pose_loss_schedule.is_active(
-            self.current_epoch, self.global_step)
+        return self.pose_loss is not None and self.pose_loss_schedule.is_active(self.current_epoch, self.global_step)
 
     def setup(self, stage: str) -> None:
         if self.cfg.trainer.tf32 and torch.cuda.is_available():
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-
-    def on_fit_start(self) -> None:
-        if self.pose_loss_module is not None:
-            self.pose_loss_module.to(self.device)
 
     def compute_loss(self, batch: dict[str, Any], generator: Optional[torch.Generator] = None) -> dict[str, torch.Tensor]:
         images = batch["image"].to(self.device)
@@ -143,7 +135,7 @@ class GRPoseLitModule(pl.LightningModule):
             pred_images = checkpoint(decode, pred_x0, use_reentrant=False)
         else:
             pred_images = decode(pred_x0)
-        return self.pose_loss_module(pred_images, images, timesteps, self.alphas_cumprod)
+        return self.pose_loss(pred_images, images, timesteps, self.alphas_cumprod)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         losses = self.compute_loss(batch)

@@ -23,6 +23,7 @@ requires_mmpose = pytest.mark.skipif(importlib.util.find_spec("mmpose") is None,
 
 
 def _mobilenet_config(image_size=None, max_num_people=None):
+    pe.require_mmpose()
     import mmcv
 
     cfg = mmcv.Config.fromfile(pe.resolve_mmpose_config(MOBILENET))
@@ -82,6 +83,10 @@ class TestConfigs:
         torch.manual_seed(0)
         backbone = pe.PoseBackbone(pe.build_pose_model(cfg), input_size=64)
         assert backbone.mean.flatten().tolist() == pytest.approx([0.1, 0.2, 0.3]) and backbone.bgr_input
+        images = torch.rand(1, 3, 64, 64) * 2 - 1
+        mean = torch.tensor([0.1, 0.2, 0.3]).view(1, 3, 1, 1)
+        expected = (((images + 1) / 2).flip(1) - mean) / IMAGENET_STD  # a BGR-trained network gets BGR
+        torch.testing.assert_close(backbone.preprocess(images), expected)
 
 
 # -------------------------------------------------------------------------------------------- checkpoints

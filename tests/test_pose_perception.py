@@ -196,8 +196,8 @@ def test_builder_gives_a_differentiable_loss_on_the_real_network():
     from grpose.eval.pose_estimator import PoseBackbone
 
     torch.manual_seed(0)
-    loss_fn = build_pose_perception_loss(_config(alpha=0.01, alpha_bar_weight=True, max_timestep=900),
-                                         input_size=128)
+    loss_fn = build_pose_perception_loss(_config(alpha=0.01, alpha_bar_weight=True, max_timestep=900,
+                                                 input_size=128))
     assert isinstance(loss_fn.backbone, PoseBackbone) and loss_fn.alpha == 0.01
     assert loss_fn.state_dict() == {} and list(loss_fn.parameters()) == []
 
@@ -230,7 +230,7 @@ def test_builder_loads_the_checkpoint_and_reports_a_missing_one(tmp_path):
     path = tmp_path / "mobilenet.pth"
     torch.save({"state_dict": model.state_dict(), "meta": {"epoch": 1}}, path)
     torch.manual_seed(6)
-    loss_fn = build_pose_perception_loss(_config(network_checkpoint=str(path)), input_size=64)
+    loss_fn = build_pose_perception_loss(_config(network_checkpoint=str(path), input_size=64))
     loaded = loss_fn.backbone.net.state_dict()
     assert all(torch.equal(v, model.state_dict()["backbone." + k]) for k, v in loaded.items())
 

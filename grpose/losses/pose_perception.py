@@ -126,7 +126,7 @@ class PoseLossSchedule:
         return f"PoseLossSchedule(start_epoch={self.start_epoch}, start_step={self.start_step})"
 
 
-def build_pose_perception_loss(cfg: Any, input_size: int = 512) -> PosePerceptionLoss:
+def build_pose_perception_loss(cfg: Any) -> PosePerceptionLoss:
     """The loss from the `loss.pose_perception` config section (`PosePerceptionConfig` in grpose/config.py).
 
     Imports mmpose (through grpose.eval.pose_estimator) only here, so alpha = 0 never needs it.
@@ -145,6 +145,6 @@ def build_pose_perception_loss(cfg: Any, input_size: int = 512) -> PosePerceptio
             f"{checkpoint_hint(config_path)} to that path, or set loss.pose_perception.network_checkpoint to "
             f"where it is.")
     backbone = PoseBackbone(config_path, checkpoint=checkpoint, feature_indices=tuple(cfg.feature_indices),
-                            input_size=input_size)
+                            input_size=cfg.input_size)
     return PosePerceptionLoss(backbone, alpha=cfg.alpha, alpha_bar_weight=cfg.alpha_bar_weight,
                               max_timestep=cfg.max_timestep, faithful_release=cfg.faithful_release)

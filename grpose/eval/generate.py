@@ -1,0 +1,471 @@
+"""Evaluation generation: Lightning's predict loop writes one raw PNG per test sample, the real crops and a manifest.
+
+Each rank handles its shard (Lightning's distributed sampler); samples whose PNG already exists are not generated
+again, so an interrupted run resumes where it stopped. Per-sample seeds depend only on (base seed, sample id).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from grpose.config import ConfigError
+from grpose.data.datamodule import collate_pose_batch
+from grpose.pipeline import images_to_uint8
+
+PROTOCOLS = ("paper", "standard")
+
+
+class EvalInputError(ValueError):
+    """A checkpoint or an images folder given to eval_pose.py that cannot be used as it is."""
+
+METRICS = ("pose", "quality", "clip")
+
+
+@dataclass
+class EvalConfig:
+    """Settings of `eval_pose.py` (the `eval.*` keys); everything else comes from the experiment config."""
+
+    protocol: str = "paper"  # paper (reproduces paper Table 1) | standard (see docs/evaluation.md)
+    metrics: list[str] = field(default_factory=lambda: list(METRICS))  # any of pose, quality, clip
+    output_dir: str = "outputs"
+    run_name: Optional[str] = None  # null: the experiment's `name` (score-only: the images folder's name)
+    num_samples: Optional[int] = None  # null: the whole test split; N: its first N samples
+    batch_size: int = 4  # generation batch per device
+    paper_batch_size: int = 4  # `paper` protocol: pose AP/SAP/PCE and CLIP-Score are averaged over batches of this many
+    min_scenario_images: int = 2  # scenarios with fewer images are left out of the per-scenario metrics
+    pose_estimator_config: str = "associative_embedding/coco/higherhrnet_w48_coco_512x512_udp.py"
+    pose_estimator_checkpoint: Optional[str] = "models/higherhrnet_w48_humanart_512x512_udp.pth"
+    flip_test: bool = True
+    pose_nms_thr: float = 1.0  # the release's value: OKS-NMS effectively off
+    inception_weights: Optional[str] = None  # null: $TORCH_HOME/hub/checkpoints (see docs/evaluation.md)
+    clip_model: str = "models/clip-vit-base-patch16"
+    kid_scale: Optional[float] = None  # null: 1000 for laion_human, else 100 (GRPose paper section 4.2)
+
+
+# ---------------------------------------------------------------------------------------------- settings
+def split_eval_overrides(overrides: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(experiment overrides, `eval.*` overrides): the second group configures `EvalConfig`."""
+    experiment, evaluation = [], []
+    for item in overrides:
+        (evaluation if item.startswith("eval.") else experiment).append(item)
+    return experiment, evaluation
+
+
+def load_eval_config(cfg: DictConfig, overrides: Sequence[str] = (), **cli: Any) -> DictConfig:
+    """EvalConfig defaults <- the experiment's `eval` section (if any) <- `eval.key=value` overrides <- CLI flags
+    (keyword arguments; None means "not given")."""
+    eval_cfg = OmegaConf.structured(EvalConfig)
+    layers: list[tuple[str, Any]] = []
+    if "eval" in cfg:
+        layers.append(("config eval section", cfg.eval))
+    if overrides:
+        bad = [o for o in overrides if "=" not in o]
+        if bad:
+            raise ConfigError(f"override {bad[0]!r} is not of the form key=value")
+        layers.append(("command line", OmegaConf.from_dotlist(list(overrides)).get("eval", {})))
+    given = {k: v for k, v in cli.items() if v is not None}
+    if given:
+        layers.append(("command-line flags", given))
+    for source, layer in layers:
+        try:
+            eval_cfg = OmegaConf.merge(eval_cfg, layer)
+        except ConfigKeyError as err:
+            raise ConfigError(f"{source}: unknown eval setting 'eval.{err.full_key}'. Known settings: "
+                              f"{', '.join(EvalConfig.__dataclass_fields__)} (grpose/eval/generate.py "
+                              f"EvalConfig).") from None
+        except OmegaConfBaseException as err:
+            raise ConfigError(f"{source}: invalid value for 'eval.{getattr(err, 'full_key', '?')}': "
+                              f"{err.msg}") from None
+    if eval_cfg.kid_scale is None:
+        eval_cfg.kid_scale = 1000.0 if cfg.data.dataset == "laion_human" else 100.0
+    validate_eval_config(eval_cfg)
+    return eval_cfg
+
+
+def validate_eval_config(eval_cfg: DictConfig) -> None:
+    if eval_cfg.protocol not in PROTOCOLS:
+        raise ConfigError(f"eval.protocol={eval_cfg.protocol!r} is not one of {', '.join(PROTOCOLS)}")
+    unknown = [m for m in eval_cfg.metrics if m not in METRICS]
+    if unknown:
+        raise ConfigError(f"eval.metrics: unknown metric(s) {unknown}; choose from {', '.join(METRICS)}")
+    for key in ("batch_size", "paper_batch_size", "min_scenario_images"):
+        if eval_cfg[key] < 1:
+            raise ConfigError(f"eval.{key} must be >= 1, got {eval_cfg[key]}")
+    if eval_cfg.num_samples is not None and eval_cfg.num_samples < 1:
+        raise ConfigError(f"eval.num_samples (--limit) must be >= 1, got {eval_cfg.num_samples}")
+
+
+# ------------------------------------------------------------------------------------------ files and seeds
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def image_filename(sample_id: str) -> str:
+    """`<id>.png`; an id with characters unsafe in a file name gets them replaced plus a short hash of the id,
+    so two ids never share a file."""
+    sample_id = str(sample_id)
+    if _SAFE_NAME.fullmatch(sample_id):
+        return f"{sample_id}.png"
+    cleaned = re.sub(r"[^A-Za-z0-9._-]", "_", sample_id).lstrip(".") or "id"
+    return f"{cleaned}-{hashlib.sha1(sample_id.encode()).hexdigest()[:8]}.png"
+
+
+def sample_seed(base_seed: int, sample_id: str) -> int:
+    """A 63-bit seed from (base seed, sample id) alone, so an image never depends on batch size, rank or order."""
+    digest = hashlib.sha256(f"{int(base_seed)}/{sample_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & (2**63 - 1)
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Where a run's files live: `<output_dir>/<run>/{images,real}/<scenario>/<id>.png`, `manifest.jsonl`, ..."""
+
+    run_dir: Path
+
+    @property
+    def images_dir(self) -> Path:
+        return self.run_dir / "images"
+
+    @property
+    def real_dir(self) -> Path:
+        return self.run_dir / "real"
+
+    @property
+    def manifest(self) -> Path:
+        return self.run_dir / "manifest.jsonl"
+
+    @property
+    def generation_settings(self) -> Path:
+        return self.run_dir / "generation.json"
+
+    @property
+    def parts_dir(self) -> Path:
+        return self.run_dir / ".manifest_parts"
+
+    @property
+    def metrics_json(self) -> Path:
+        return self.run_dir / "metrics.json"
+
+    @property
+    def metrics_md(self) -> Path:
+        return self.run_dir / "metrics.md"
+
+    def image_path(self, scenario: str, sample_id: str, root: Optional[Path] = None) -> Path:
+        return (root if root is not None else self.images_dir) / scenario / image_filename(sample_id)
+
+    def real_path(self, scenario: str, sample_id: str) -> Path:
+        return self.real_dir / scenario / image_filename(sample_id)
+
+    def relative(self, path: Path) -> str:
+        """A path stored in the manifest: relative to the run folder when inside it, else absolute."""
+        try:
+            return str(Path(path).resolve().relative_to(self.run_dir.resolve()))
+        except ValueError:
+            return str(Path(path).resolve())
+
+    def resolve(self, stored: str) -> Path:
+        path = Path(stored)
+        return path if path.is_absolute() else self.run_dir / path
+
+
+def save_png(image: np.ndarray, path: Path) -> None:
+    """Write atomically: a crash mid-write never leaves a truncated PNG that a resumed run would take as done."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    Image.fromarray(np.ascontiguousarray(image)).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_manifest(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest {path} does not exist; generate the images first (eval_pose.py without "
+                                f"--score-only) or score a folder with --score-only --images DIR")
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+# ------------------------------------------------------------------------------------------------ dataset
+class IndexedDataset(Dataset):
+    """Adds the sample's position (`index`) to each sample: the manifest is ordered by it, and the `paper`
+    protocol's batches of consecutive images follow it."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Optional[dict]:
+        sample = self.dataset[index]
+        return None if sample is None else {**sample, "index": index}
+
+
+def select_samples(dataset: Dataset, num_samples: Optional[int]) -> Dataset:
+    """The first `num_samples` samples (all when None), with their index attached."""
+    if num_samples is not None and num_samples < len(dataset):
+        dataset = Subset(dataset, range(num_samples))
+    return IndexedDataset(dataset)
+
+
+def eval_dataloader(dataset: Dataset, batch_size: int, num_workers: int) -> DataLoader:
+    # In order and without drop_last; under DDP Lightning swaps the sampler for a distributed one that gives each
+    # rank a disjoint shard (no padding duplicates when predicting).
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                      persistent_workers=False, collate_fn=collate_pose_batch)
+
+
+# ------------------------------------------------------------------------------------------------- model
+_ARCHITECTURE_KEYS = ("base", "adapter", "pgi_levels", "graphs", "graph_type", "knn_k", "positional_encoding",
+                      "edgeconv_groups", "pose_stem_channels", "pose_level_channels")
+
+
+def load_generator(cfg: DictConfig, ckpt: str):
+    """The model of `cfg` with its adapter read from `ckpt`: a Lightning checkpoint of `train.py`, an adapter
+    folder in diffusers format (`<run>/adapter`) or a `.safetensors` adapter file."""
+    from grpose.lit_module import GRPoseLitModule
+
+    path = Path(ckpt).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"--ckpt {ckpt} does not exist; give a checkpoint written by train.py "
+                                f"(experiments/<name>/checkpoints/*.ckpt) or an exported adapter folder")
+    # The checkpoint replaces every adapter weight, and generation needs no pose loss network: skip loading both.
+    cfg = cfg.copy()
+    cfg.model.adapter_weights = None
+    cfg.loss.pose_perception.alpha = 0.0
+    module = GRPoseLitModule(cfg)
+    if path.is_dir():
+        weights = path / "diffusion_pytorch_model.safetensors"
+        if not weights.is_file():
+            raise FileNotFoundError(f"--ckpt {path} is a folder without diffusion_pytorch_model.safetensors; "
+                                    f"expected an adapter exported by train.py (experiments/<name>/adapter)")
+        module.load_adapter_weights(str(weights))
+    elif path.suffix == ".safetensors":
+        module.load_adapter_weights(str(path))
+    else:
+        try:
+            # weights_only: a checkpoint is a pickle; only tensors and plain containers are accepted from it.
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as err:
+            raise EvalInputError(f"--ckpt {path} is not a readable Lightning checkpoint ({type(err).__name__}: "
+                                 f"{str(err).splitlines()[0]})") from err
+        if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+            raise EvalInputError(f"--ckpt {path} has no 'state_dict'; expected a Lightning checkpoint of train.py")
+        try:
+            module.load_state_dict(checkpoint["state_dict"])
+        except RuntimeError as err:
+            first = next((line.strip() for line in str(err).splitlines()[1:] if line.strip()), str(err))
+            raise EvalInputError(f"--ckpt {path} does not fit the model of this config"
+                                 f"{_architecture_difference(cfg, checkpoint)}; e.g. {first}") from err
+    return module.eval()
+
+
+def _architecture_difference(cfg: DictConfig, checkpoint: dict) -> str:
+    saved = ((checkpoint.get("hyper_parameters") or {}).get("config") or {}).get("model") or {}
+    diffs = [f"model.{k}: checkpoint {saved[k]!r} vs config {OmegaConf.to_container(cfg.model)[k]!r}"
+             for k in _ARCHITECTURE_KEYS if k in saved and saved[k] != OmegaConf.to_container(cfg.model)[k]]
+    return f" ({'; '.join(diffs)}; pass the training config)" if diffs else ""
+
+
+def generation_settings(cfg: DictConfig, module, ckpt: str) -> dict[str, Any]:
+    """Everything that decides a generated image besides the sample itself; stored in `generation.json`."""
+    s = cfg.sampling
+    return {
+        "checkpoint": str(Path(ckpt).expanduser().resolve()),
+        "base_model": cfg.model.pretrained,
+        "sampler": type(module.pipeline().scheduler).__name__,
+        "steps": int(s.num_inference_steps),
+        "guidance": float(s.guidance_scale),
+        "eta": float(s.eta),
+        "negative_prompt": s.negative_prompt,
+        "conditioning_scale": float(cfg.model.conditioning_scale),
+        "base_seed": int(s.seed),
+        "resolution": int(cfg.data.resolution),
+    }
+
+
+def check_generation_settings(layout: RunLayout, settings: dict[str, Any]) -> None:
+    """A run folder only ever holds images of one set of settings; resuming with others is an error."""
+    path = layout.generation_settings
+    if path.is_file():
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        diffs = [f"{k}: {stored.get(k)!r} -> {v!r}" for k, v in settings.items() if stored.get(k) != v]
+        if diffs:
+            raise ConfigError(f"{layout.run_dir} holds images generated with other settings ({'; '.join(diffs)}). "
+                              f"Choose another run name (--run NAME) or delete {layout.images_dir} and {path}.")
+    else:
+        _write_text_atomic(path, json.dumps(settings, indent=2) + "\n")
+
+
+# ------------------------------------------------------------------------------------------ predict loop
+class EvalWriter(pl.LightningModule):
+    """Predict-loop module: per batch, writes the real crops and (with a `generator`) the missing generated images,
+    and one manifest record per sample; rank 0 merges the records into `manifest.jsonl` at the end.
+
+    Without a generator (score-only), `images_root` is a folder of existing images `<scenario>/<id>.png`: samples
+    with an image get a record, the others are left out.
+    """
+
+    def __init__(self, layout: RunLayout, generator=None, settings: Optional[dict[str, Any]] = None,
+                 images_root: Optional[Path] = None, resolution: Optional[int] = None):
+        super().__init__()
+        if generator is None and images_root is None:
+            raise ValueError("EvalWriter needs a generator or an images_root of existing images")
+        self.layout = layout
+        self.generator = generator
+        self.settings = settings or {}
+        self.images_root = Path(images_root) if images_root is not None else layout.images_dir
+        self.resolution = resolution
+        self.num_generated = self.total_generated = 0  # this rank / all ranks
+        self.num_present = self.total_present = 0
+        self._part = None
+
+    def _part_path(self, rank: int) -> Path:
+        return self.layout.parts_dir / f"rank-{rank:05d}.jsonl"
+
+    def on_predict_start(self) -> None:
+        path = self._part_path(self.global_rank)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._part = open(path, "w", encoding="utf-8")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> int:
+        """Returns how many images this batch generated (kept by nobody: the loop runs without collecting)."""
+        ids = [str(i) for i in batch["id"]]
+        scenarios = list(batch["scenario"])
+        targets = [self.layout.image_path(s, i, self.images_root) for s, i in zip(scenarios, ids)]
+        real_u8 = None
+        for k, (scenario, sample_id) in enumerate(zip(scenarios, ids)):
+            real = self.layout.real_path(scenario, sample_id)
+            if not real.is_file():
+                real_u8 = images_to_uint8(batch["image"]) if real_u8 is None else real_u8
+                save_png(real_u8[k].numpy(), real)
+
+        seeds = [sample_seed(self.settings["base_seed"], i) for i in ids] if self.generator is not None else []
+        missing = [k for k, path in enumerate(targets) if not path.is_file()]
+        self.num_present += len(ids) - len(missing)
+        if self.generator is not None and missing:
+            images = self.generator.sample([batch["prompt"][k] for k in missing], batch["hint"][missing],
+                                           seeds=[seeds[k] for k in missing])
+            for k, image in zip(missing, images_to_uint8(images).numpy()):
+                save_png(image, targets[k])
+            self.num_generated += len(missing)
+
+        for k, sample_id in enumerate(ids):
+            if self.generator is None:
+                if k in missing:
+                    continue  # score-only: this sample has no image in the folder
+                self._check_size(targets[k])
+            n = int(batch["num_persons"][k])
+            record = {
+                "index": int(batch["index"][k]),
+                "id": sample_id,
+                "scenario": scenarios[k],
+                "prompt": batch["prompt"][k],
+                "pose_path": batch["pose_path"][k],
+                "image": self.layout.relative(targets[k]),
+                "real_image": self.layout.relative(self.layout.real_path(scenarios[k], sample_id)),
+                "num_persons": n,
+                "keypoints": batch["keypoints"][k, :n].cpu().tolist(),
+            }
+            if self.generator is not None:
+                record.update(seed=seeds[k], sampler=self.settings["sampler"], steps=self.settings["steps"],
+                              guidance=self.settings["guidance"], eta=self.settings["eta"],
+                              negative_prompt=self.settings["negative_prompt"],
+                              conditioning_scale=self.settings["conditioning_scale"])
+            self._part.write(json.dumps(record) + "\n")
+        self._part.flush()
+        return len(missing) if self.generator is not None else 0
+
+    def _check_size(self, path: Path) -> None:
+        with Image.open(path) as image:
+            size = image.size
+        if self.resolution is not None and size != (self.resolution, self.resolution):
+            raise EvalInputError(f"{path} is {size[0]}x{size[1]} but the dataset's poses are in "
+                             f"{self.resolution}x{self.resolution} pixels; set data.resolution={size[0]} if the "
+                             f"images are square, or resize them")
+
+    def on_predict_end(self) -> None:
+        self._part.close()
+        self._part = None
+        counts = torch.tensor([self.num_generated, self.num_present], device=self.device)
+        counts = self.trainer.strategy.reduce(counts, reduce_op="sum")
+        self.total_generated, self.total_present = int(counts[0]), int(counts[1])
+        self.trainer.strategy.barrier()
+        if self.trainer.is_global_zero:
+            merge_manifest_parts(self.layout, self.trainer.world_size)
+        self.trainer.strategy.barrier()
+
+
+def merge_manifest_parts(layout: RunLayout, world_size: int) -> list[dict[str, Any]]:
+    """Merge the ranks' record files into `manifest.jsonl`, ordered by sample index."""
+    records: dict[int, dict[str, Any]] = {}
+    for rank in range(world_size):
+        part = layout.parts_dir / f"rank-{rank:05d}.jsonl"
+        with open(part, encoding="utf-8") as f:
+            for line in f:
+                record = json.loads(line)
+                records[record["index"]] = record
+    ordered = [records[i] for i in sorted(records)]
+    seen: dict[str, int] = {}
+    for record in ordered:
+        if record["image"] in seen:
+            raise EvalInputError(f"samples {seen[record['image']]} and {record['index']} of the test split map to the "
+                             f"same file {record['image']} (duplicate id {record['id']!r}); ids must be unique")
+        seen[record["image"]] = record["index"]
+    _write_text_atomic(layout.manifest, "".join(json.dumps(r) + "\n" for r in ordered))
+    shutil.rmtree(layout.parts_dir)
+    return ordered
+
+
+def check_images_folder(images: Path, records: list[dict[str, Any]], layout: RunLayout, complete: bool) -> None:
+    """Score-only: some PNG must match a test sample and, when the whole split is scored, every PNG of the folder
+    must (a file that matches nothing means a wrong layout or naming)."""
+    if not records:
+        raise FileNotFoundError(f"--images {images}: no <scenario>/<id>.png file matches a sample of the test split "
+                                f"(file names: grpose.eval.generate.image_filename(id))")
+    if complete:
+        matched = {layout.resolve(r["image"]).resolve() for r in records}
+        extra = sorted(str(p) for p in Path(images).glob("*/*.png") if p.resolve() not in matched)
+        if extra:
+            raise EvalInputError(f"--images {images}: {len(extra)} image(s) match no test sample, e.g. {extra[:3]}; "
+                             f"files must be named <scenario>/<id>.png after the dataset's scenario and id")
+
+
+def eval_trainer(cfg: DictConfig, layout: RunLayout, generate: bool) -> pl.Trainer:
+    """The experiment's accelerator/devices/precision for generation; one CPU process for a score-only data pass."""
+    t = cfg.trainer
+    hardware = (dict(accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
+                     precision=t.precision) if generate else dict(accelerator="cpu", devices=1))
+    return pl.Trainer(**hardware, logger=False, enable_checkpointing=False, enable_model_summary=False,
+                      enable_progress_bar=t.enable_progress_bar, default_root_dir=layout.run_dir)
+
+
+def run_predict(trainer: pl.Trainer, writer: EvalWriter, dataset: Dataset, batch_size: int,
+                num_workers: int) -> Optional[list[dict[str, Any]]]:
+    """Run the predict loop; returns the manifest records on rank 0 and None on the other ranks."""
+    trainer.predict(writer, dataloaders=eval_dataloader(dataset, batch_size, num_workers), return_predictions=False)
+    if writer.generator is not None:
+        rank_zero_info(f"generated {writer.total_generated} images; {writer.total_present} were already present")
+    return read_manifest(writer.layout.manifest) if trainer.is_global_zero else None

@@ -1,0 +1,42 @@
+"""Every preset in configs/ loads, validates and runs one training step with the model shrunk to tiny."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from grpose.config import load_config
+from grpose.lit_module import GRPoseLitModule
+
+PRESETS = sorted(str(p) for p in Path("configs").rglob("*.yaml"))
+SHRINK = [
+    "model.base=tiny", "model.pretrained=null", "model.adapter_weights=null", "model.frozen_dtype=fp32",
+    "model.pose_stem_channels=[8,16,16]", "model.pose_level_channels=[16,16,32,32]",
+    "trainer.precision=32-true", "trainer.accelerator=cpu", "data.dataset=synthetic", "data.resolution=64",
+    "loss.pose_perception.network_checkpoint=null", "loss.pose_perception.start_epoch=null",
+    "loss.pose_perception.input_size=64",
+]
+
+
+def test_all_presets_are_collected():
+    assert len(PRESETS) >= 20
+    assert "configs/demo.yaml" in PRESETS
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_preset_runs_one_training_step(preset, synthetic_batch):
+    full = load_config(preset)
+    cfg = load_config(preset, SHRINK)
+    # the shrink keeps every method choice of the preset
+    for key in ("adapter", "graphs", "graph_type", "knn_k", "positional_encoding", "pgi_levels"):
+        assert cfg.model[key] == full.model[key], key
+    assert cfg.loss.pose_perception.alpha == full.loss.pose_perception.alpha
+    if cfg.loss.pose_perception.alpha > 0:
+        pytest.importorskip("mmpose", reason="pose-loss presets need mmpose (bash scripts/install_mmpose.sh)")
+    module = GRPoseLitModule(cfg)
+    optimizer = module.configure_optimizers()
+    losses = module.compute_loss(synthetic_batch(2))
+    assert torch.isfinite(losses["loss"])
+    assert ("loss_pose" in losses) == (cfg.loss.pose_perception.alpha > 0)
+    losses["loss"].backward()
+    optimizer.step()
