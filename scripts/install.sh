@@ -9,4 +9,4 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -r requirements.txt
 .venv/bin/python -m pip install -q -e . --no-deps --no-build-isolation
-bash scripts/install_mmpose.sh .venv/bin/python
+PYTHON=.venv/bin/python bash scripts/install_mmpose.sh

@@ -44,8 +44,14 @@ class Job:
     image_id: Optional[str] = None
 
 
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keep the usage lines of the module docstring and show every option's default."""
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keep the usage lines of the module docstring; show the defaults that are values (not None / off)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in text:
+            text = f"{text} (default: %(default)s)".strip()
+        return text
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

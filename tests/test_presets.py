@@ -7,6 +7,7 @@ import torch
 
 from grpose.config import load_config
 from grpose.lit_module import GRPoseLitModule
+from grpose.sd15 import build_sd15
 
 PRESETS = sorted(str(p) for p in Path("configs").rglob("*.yaml"))
 SHRINK = [
@@ -23,8 +24,14 @@ def test_all_presets_are_collected():
     assert "configs/demo.yaml" in PRESETS
 
 
+@pytest.fixture(scope="module")
+def tiny_parts():
+    """One frozen tiny SD1.5 shared by all presets (it is never trained)."""
+    return build_sd15("tiny")
+
+
 @pytest.mark.parametrize("preset", PRESETS)
-def test_preset_runs_one_training_step(preset, synthetic_batch):
+def test_preset_runs_one_training_step(preset, synthetic_batch, tiny_parts):
     full = load_config(preset)
     cfg = load_config(preset, SHRINK)
     # the shrink keeps every method choice of the preset
@@ -33,7 +40,7 @@ def test_preset_runs_one_training_step(preset, synthetic_batch):
     assert cfg.loss.pose_perception.alpha == full.loss.pose_perception.alpha
     if cfg.loss.pose_perception.alpha > 0:
         pytest.importorskip("mmpose", reason="pose-loss presets need mmpose (bash scripts/install_mmpose.sh)")
-    module = GRPoseLitModule(cfg)
+    module = GRPoseLitModule(cfg, parts=tiny_parts)
     optimizer = module.configure_optimizers()
     losses = module.compute_loss(synthetic_batch(2))
     assert torch.isfinite(losses["loss"])
