@@ -20,8 +20,7 @@ from grpose.config import ConfigError, load_config
 from grpose.data.datamodule import PoseDataModule
 from grpose.eval.generate import (EvalInputError, EvalWriter, RunLayout, check_generation_settings,
                                   check_images_folder, eval_trainer, generation_settings, load_eval_config,
-                                  load_generator, read_manifest, run_predict, select_samples,
-                                  split_eval_overrides)
+                                  load_generator, read_manifest, run_predict, select_samples)
 from grpose.eval.report import check_scoring_weights, score_run, write_report
 
 
@@ -49,11 +48,10 @@ def main(argv: Optional[list[str]] = None, quality_feature: Optional[nn.Module] 
     """Returns the report on rank 0 (None on other ranks). `quality_feature`: an nn.Module to use instead of
     Inception for FID/KID (tests, custom feature networks)."""
     args = parse_args(argv)
-    experiment_overrides, eval_overrides = split_eval_overrides(args.overrides)
-    cfg = load_config(args.config, experiment_overrides)
+    cfg = load_config(args.config, args.overrides)
     metrics = None if args.metrics is None else [m for m in args.metrics.split(",") if m and m != "none"]
     run_name = args.run or (Path(args.images).name if args.images else None)
-    eval_cfg = load_eval_config(cfg, eval_overrides, protocol=args.protocol, num_samples=args.limit, metrics=metrics,
+    eval_cfg = load_eval_config(cfg, protocol=args.protocol, num_samples=args.limit, metrics=metrics,
                                 run_name=run_name)
     layout = RunLayout(Path(eval_cfg.output_dir) / (eval_cfg.run_name or cfg.name))
     check_scoring_weights(eval_cfg, quality_feature)  # before hours of generation, not after

@@ -125,6 +125,31 @@ class SamplingConfig:
     seed: int = 42
 
 
+EVAL_PROTOCOLS = ("paper", "standard")
+EVAL_METRICS = ("pose", "quality", "clip")
+
+
+@dataclass
+class EvalConfig:
+    """Settings of `eval_pose.py` (the `eval.*` keys); everything else comes from the experiment config."""
+
+    protocol: str = "paper"  # paper (reproduces paper Table 1) | standard (see docs/evaluation.md)
+    metrics: list[str] = field(default_factory=lambda: list(EVAL_METRICS))  # any of pose, quality, clip
+    output_dir: str = "outputs"
+    run_name: Optional[str] = None  # null: the experiment's `name` (score-only: the images folder's name)
+    num_samples: Optional[int] = None  # null: the whole test split; N: its first N samples
+    batch_size: int = 4  # generation batch per device
+    paper_batch_size: int = 4  # `paper` protocol: pose AP/SAP/PCE and CLIP-Score are averaged over batches of this many
+    min_scenario_images: int = 2  # scenarios with fewer images are left out of the per-scenario metrics
+    pose_estimator_config: str = "associative_embedding/coco/higherhrnet_w48_coco_512x512_udp.py"
+    pose_estimator_checkpoint: Optional[str] = "models/higherhrnet_w48_humanart_512x512_udp.pth"
+    flip_test: bool = True
+    pose_nms_thr: float = 1.0  # the release's value: OKS-NMS effectively off
+    inception_weights: Optional[str] = None  # null: $TORCH_HOME/hub/checkpoints (see docs/evaluation.md)
+    clip_model: str = "models/clip-vit-base-patch16"
+    kid_scale: Optional[float] = None  # null: 1000 for laion_human, else 100 (GRPose paper section 4.2)
+
+
 @dataclass
 class ExperimentConfig:
     name: str = "grpose"
@@ -135,6 +160,7 @@ class ExperimentConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 class ConfigError(ValueError):
@@ -222,8 +248,22 @@ def validate(cfg: DictConfig) -> None:
     if cfg.model.frozen_dtype != "fp32" and "mixed" not in str(cfg.trainer.precision):
         raise ConfigError(f"model.frozen_dtype={cfg.model.frozen_dtype} needs a mixed trainer.precision "
                           f"(bf16-mixed or 16-mixed), got {cfg.trainer.precision}")
+    validate_eval_config(cfg.eval)
     if cfg.loss.pose_perception.alpha < 0:
         raise ConfigError("loss.pose_perception.alpha must be >= 0")
+
+
+def validate_eval_config(eval_cfg: DictConfig) -> None:
+    if eval_cfg.protocol not in EVAL_PROTOCOLS:
+        raise ConfigError(f"eval.protocol={eval_cfg.protocol!r} is not one of {', '.join(EVAL_PROTOCOLS)}")
+    unknown = [m for m in eval_cfg.metrics if m not in EVAL_METRICS]
+    if unknown:
+        raise ConfigError(f"eval.metrics: unknown metric(s) {unknown}; choose from {', '.join(EVAL_METRICS)}")
+    for key in ("batch_size", "paper_batch_size", "min_scenario_images"):
+        if eval_cfg[key] < 1:
+            raise ConfigError(f"eval.{key} must be >= 1, got {eval_cfg[key]}")
+    if eval_cfg.num_samples is not None and eval_cfg.num_samples < 1:
+        raise ConfigError(f"eval.num_samples (--limit) must be >= 1, got {eval_cfg.num_samples}")
 
 
 def save_config(cfg: DictConfig, path: str | os.PathLike) -> None:

@@ -307,7 +307,8 @@ def load_pose(
 
     Keypoint inputs are in pixels of an image of `image_size` = (width, height); for a COCO annotations file the
     image's own size is used when `image_size` is None, otherwise None means pixels of the output canvas.
-    `image_id` selects the image of a COCO file holding several (an id or a file name).
+    `image_id` selects the image of a COCO file holding several (an id or a file name). Rendered skeleton images
+    ignore `image_size`, `image_id`, `skeleton_width` and `score_threshold`: they are used as drawn.
     """
     if resolution < 1:
         raise ValueError(f"resolution must be positive, got {resolution}")

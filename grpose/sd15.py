@@ -343,19 +343,26 @@ def _existing_path(weights: str) -> Path:
     return path
 
 
+RANDOM_INIT_SEED = 0
+
+
 def build_sd15(arch: str = "sd15", weights: str | None = None, torch_dtype=torch.float32) -> StableDiffusionParts:
     """Build the frozen SD1.5 parts (SPEC section 1), fully offline.
 
-    `weights` None gives random init (benchmarks, tests); otherwise a diffusers folder (unet/, vae/, text_encoder/,
+    `weights` None gives random init (benchmarks, tests, the demo), always the same for a given `arch` (seed
+    RANDOM_INIT_SEED, the global RNG untouched), so a run trained on a random base can be evaluated and sampled
+    later on the identical base; otherwise a diffusers folder (unet/, vae/, text_encoder/,
     tokenizer/) or an original single-file checkpoint (.safetensors / .ckpt, keys model.diffusion_model.*,
     first_stage_model.*, cond_stage_model.transformer.*), converted against the shipped `arch` configs.
     """
     sd15_config(arch, "unet")  # validates arch before any heavy work
     tokenizer_dir = None
     if weights is None:
-        unet = _unet_factory(arch)()
-        vae = _vae_factory(arch)()
-        text_encoder = _text_encoder_factory(arch)()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_INIT_SEED)
+            unet = _unet_factory(arch)()
+            vae = _vae_factory(arch)()
+            text_encoder = _text_encoder_factory(arch)()
     else:
         path = _existing_path(weights)
         if path.is_dir():

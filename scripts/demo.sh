@@ -4,3 +4,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
 .venv/bin/python train.py --config configs/demo.yaml "$@"
+.venv/bin/python eval_pose.py --config configs/demo.yaml --ckpt experiments/demo/checkpoints/last.ckpt

@@ -49,7 +49,8 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in text:
+        shown = action.default is not None and action.default is not False and action.default != argparse.SUPPRESS
+        if shown and "%(default)" not in text:
             text = f"{text} (default: %(default)s)".strip()
         return text
 
@@ -59,7 +60,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         description=__doc__, formatter_class=_HelpFormatter,
         epilog="Pose inputs: " + "; ".join(ACCEPTED_FORMATS) + ".")
     weights = parser.add_argument_group("weights")
-    weights.add_argument("--sd15", required=True, help="SD1.5 diffusers folder or single .safetensors/.ckpt file")
+    weights.add_argument("--sd15", required=True,
+                         help="SD1.5 diffusers folder or single .safetensors/.ckpt file; 'random' = the "
+                              "reproducible random base of --arch (what configs/demo.yaml trains on)")
     weights.add_argument("--adapter", required=True,
                          help="trained adapter: a save_pretrained / exported folder, a Lightning .ckpt or a "
                               ".safetensors written by grpose")
@@ -90,17 +93,18 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                            "match the training config's data.skeleton_width)")
 
     sampling = parser.add_argument_group("sampling")
-    sampling.add_argument("--steps", type=int, default=50)
+    sampling.add_argument("--steps", type=int, default=50, help="sampling steps")
     sampling.add_argument("--guidance", type=float, default=9.0, help="classifier-free guidance scale")
-    sampling.add_argument("--seed", type=int, default=42)
+    sampling.add_argument("--seed", type=int, default=42, help="seed of the first image")
     sampling.add_argument("--scheduler", default="ddim", help="ddim or a diffusers scheduler class name")
     sampling.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
-    sampling.add_argument("--negative-prompt", default=DEFAULT_NEGATIVE_PROMPT)
-    sampling.add_argument("--conditioning-scale", type=float, default=1.0)
-    sampling.add_argument("--resolution", type=int, default=512)
+    sampling.add_argument("--negative-prompt", default=DEFAULT_NEGATIVE_PROMPT,
+                          help="text of the unconditional branch of classifier-free guidance")
+    sampling.add_argument("--conditioning-scale", type=float, default=1.0, help="multiplies the adapter's residuals")
+    sampling.add_argument("--resolution", type=int, default=512, help="output side in pixels (square)")
     sampling.add_argument("--batch-size", type=int, default=4, help="images per forward pass; the images do not depend on it")
     sampling.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
-    sampling.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"))
+    sampling.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"), help="weights' precision")
 
     output = parser.add_argument_group("output")
     output.add_argument("--out", default="outputs/pose2img", help="output folder")
@@ -191,12 +195,16 @@ def run(args: argparse.Namespace) -> list[Path]:
     if not jobs:
         return []
     pose_kwargs = dict(resolution=args.resolution, skeleton_width=args.skeleton_width)
-    if not args.mapping:
-        # Read (and so check) the single pose before the minutes spent loading the model.
-        first = jobs[0]
-        single_pose = load_pose(first.pose, image_size=first.image_size, image_id=first.image_id, **pose_kwargs)
 
-    pipe = GRPosePipeline.from_pretrained(args.sd15, args.adapter, arch=args.arch, base_unet=args.base_unet,
+    def pose_of(job: Job) -> PoseCondition:
+        return load_pose(job.pose, image_size=job.image_size, image_id=job.image_id, **pose_kwargs)
+
+    # A single pose is read (and so checked) once, before the minutes spent loading the model; batch-mode poses
+    # are read batch by batch so that thousands of conditions never sit in memory together.
+    single_pose = None if args.mapping else pose_of(jobs[0])
+
+    sd15 = None if args.sd15 == "random" else args.sd15
+    pipe = GRPosePipeline.from_pretrained(sd15, args.adapter, arch=args.arch, base_unet=args.base_unet,
                                           scheduler=args.scheduler, device=args.device, dtype=args.dtype,
                                           trust_pickle=args.trust_pickle)
     if args.resolution % pipe.size_multiple:
@@ -211,11 +219,7 @@ def run(args: argparse.Namespace) -> list[Path]:
     with tqdm(total=len(jobs), desc="pose2img", unit="img") as bar, \
             open(out / "manifest.jsonl", "a", encoding="utf-8") as manifest:
         for batch in batches:
-            poses: list[PoseCondition] = [
-                single_pose if not args.mapping else
-                load_pose(job.pose, image_size=job.image_size, image_id=job.image_id, **pose_kwargs)
-                for job in batch
-            ]
+            poses = [single_pose if single_pose is not None else pose_of(job) for job in batch]
             images = pipe([j.prompt for j in batch], torch.stack([p.image for p in poses]), [j.seed for j in batch],
                           negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
                           guidance_scale=args.guidance, eta=args.eta, conditioning_scale=args.conditioning_scale,

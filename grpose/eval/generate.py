@@ -25,91 +25,33 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from grpose.config import ConfigError
+from grpose.config import ConfigError, validate_eval_config
 from grpose.data.datamodule import collate_pose_batch
 from grpose.pipeline import images_to_uint8
 
-PROTOCOLS = ("paper", "standard")
 
 
 class EvalInputError(ValueError):
     """A checkpoint or an images folder given to eval_pose.py that cannot be used as it is."""
 
-METRICS = ("pose", "quality", "clip")
-
-
-@dataclass
-class EvalConfig:
-    """Settings of `eval_pose.py` (the `eval.*` keys); everything else comes from the experiment config."""
-
-    protocol: str = "paper"  # paper (reproduces paper Table 1) | standard (see docs/evaluation.md)
-    metrics: list[str] = field(default_factory=lambda: list(METRICS))  # any of pose, quality, clip
-    output_dir: str = "outputs"
-    run_name: Optional[str] = None  # null: the experiment's `name` (score-only: the images folder's name)
-    num_samples: Optional[int] = None  # null: the whole test split; N: its first N samples
-    batch_size: int = 4  # generation batch per device
-    paper_batch_size: int = 4  # `paper` protocol: pose AP/SAP/PCE and CLIP-Score are averaged over batches of this many
-    min_scenario_images: int = 2  # scenarios with fewer images are left out of the per-scenario metrics
-    pose_estimator_config: str = "associative_embedding/coco/higherhrnet_w48_coco_512x512_udp.py"
-    pose_estimator_checkpoint: Optional[str] = "models/higherhrnet_w48_humanart_512x512_udp.pth"
-    flip_test: bool = True
-    pose_nms_thr: float = 1.0  # the release's value: OKS-NMS effectively off
-    inception_weights: Optional[str] = None  # null: $TORCH_HOME/hub/checkpoints (see docs/evaluation.md)
-    clip_model: str = "models/clip-vit-base-patch16"
-    kid_scale: Optional[float] = None  # null: 1000 for laion_human, else 100 (GRPose paper section 4.2)
-
 
 # ---------------------------------------------------------------------------------------------- settings
-def split_eval_overrides(overrides: Sequence[str]) -> tuple[list[str], list[str]]:
-    """(experiment overrides, `eval.*` overrides): the second group configures `EvalConfig`."""
-    experiment, evaluation = [], []
-    for item in overrides:
-        (evaluation if item.startswith("eval.") else experiment).append(item)
-    return experiment, evaluation
-
-
-def load_eval_config(cfg: DictConfig, overrides: Sequence[str] = (), **cli: Any) -> DictConfig:
-    """EvalConfig defaults <- the experiment's `eval` section (if any) <- `eval.key=value` overrides <- CLI flags
-    (keyword arguments; None means "not given")."""
-    eval_cfg = OmegaConf.structured(EvalConfig)
-    layers: list[tuple[str, Any]] = []
-    if "eval" in cfg:
-        layers.append(("config eval section", cfg.eval))
-    if overrides:
-        bad = [o for o in overrides if "=" not in o]
-        if bad:
-            raise ConfigError(f"override {bad[0]!r} is not of the form key=value")
-        layers.append(("command line", OmegaConf.from_dotlist(list(overrides)).get("eval", {})))
+def load_eval_config(cfg: DictConfig, **cli: Any) -> DictConfig:
+    """The experiment's `eval` section (defaults, YAML and `eval.key=value` overrides, merged by load_config)
+    <- command-line flags (keyword arguments; None means "not given")."""
+    eval_cfg = cfg.eval.copy()
     given = {k: v for k, v in cli.items() if v is not None}
     if given:
-        layers.append(("command-line flags", given))
-    for source, layer in layers:
         try:
-            eval_cfg = OmegaConf.merge(eval_cfg, layer)
-        except ConfigKeyError as err:
-            raise ConfigError(f"{source}: unknown eval setting 'eval.{err.full_key}'. Known settings: "
-                              f"{', '.join(EvalConfig.__dataclass_fields__)} (grpose/eval/generate.py "
-                              f"EvalConfig).") from None
+            eval_cfg = OmegaConf.merge(eval_cfg, given)
         except OmegaConfBaseException as err:
-            raise ConfigError(f"{source}: invalid value for 'eval.{getattr(err, 'full_key', '?')}': "
+            raise ConfigError(f"command-line flags: invalid value for 'eval.{getattr(err, 'full_key', '?')}': "
                               f"{err.msg}") from None
     if eval_cfg.kid_scale is None:
         eval_cfg.kid_scale = 1000.0 if cfg.data.dataset == "laion_human" else 100.0
     validate_eval_config(eval_cfg)
     return eval_cfg
 
-
-def validate_eval_config(eval_cfg: DictConfig) -> None:
-    if eval_cfg.protocol not in PROTOCOLS:
-        raise ConfigError(f"eval.protocol={eval_cfg.protocol!r} is not one of {', '.join(PROTOCOLS)}")
-    unknown = [m for m in eval_cfg.metrics if m not in METRICS]
-    if unknown:
-        raise ConfigError(f"eval.metrics: unknown metric(s) {unknown}; choose from {', '.join(METRICS)}")
-    for key in ("batch_size", "paper_batch_size", "min_scenario_images"):
-        if eval_cfg[key] < 1:
-            raise ConfigError(f"eval.{key} must be >= 1, got {eval_cfg[key]}")
-    if eval_cfg.num_samples is not None and eval_cfg.num_samples < 1:
-        raise ConfigError(f"eval.num_samples (--limit) must be >= 1, got {eval_cfg.num_samples}")
 
 
 # ------------------------------------------------------------------------------------------ files and seeds
@@ -342,6 +284,10 @@ class EvalWriter(pl.LightningModule):
         self.num_present = self.total_present = 0
         self._part = None
 
+    def setup(self, stage: str) -> None:
+        if self.generator is not None:
+            self.generator.setup(stage)  # Lightning only calls the hooks of the top-level module
+
     def _part_path(self, rank: int) -> Path:
         return self.layout.parts_dir / f"rank-{rank:05d}.jsonl"
 
@@ -355,16 +301,19 @@ class EvalWriter(pl.LightningModule):
         ids = [str(i) for i in batch["id"]]
         scenarios = list(batch["scenario"])
         targets = [self.layout.image_path(s, i, self.images_root) for s, i in zip(scenarios, ids)]
+        missing = [k for k, path in enumerate(targets) if not path.is_file()]
+        self.num_present += len(ids) - len(missing)
+        # score-only: a sample without an image in the folder is not evaluated at all
+        kept = range(len(ids)) if self.generator is not None else [k for k in range(len(ids)) if k not in missing]
+
         real_u8 = None
-        for k, (scenario, sample_id) in enumerate(zip(scenarios, ids)):
-            real = self.layout.real_path(scenario, sample_id)
+        for k in kept:
+            real = self.layout.real_path(scenarios[k], ids[k])
             if not real.is_file():
                 real_u8 = images_to_uint8(batch["image"]) if real_u8 is None else real_u8
                 save_png(real_u8[k].numpy(), real)
 
         seeds = [sample_seed(self.settings["base_seed"], i) for i in ids] if self.generator is not None else []
-        missing = [k for k, path in enumerate(targets) if not path.is_file()]
-        self.num_present += len(ids) - len(missing)
         if self.generator is not None and missing:
             images = self.generator.sample([batch["prompt"][k] for k in missing], batch["hint"][missing],
                                            seeds=[seeds[k] for k in missing])
@@ -372,10 +321,9 @@ class EvalWriter(pl.LightningModule):
                 save_png(image, targets[k])
             self.num_generated += len(missing)
 
-        for k, sample_id in enumerate(ids):
+        for k in kept:
+            sample_id = ids[k]
             if self.generator is None:
-                if k in missing:
-                    continue  # score-only: this sample has no image in the folder
                 self._check_size(targets[k])
             n = int(batch["num_persons"][k])
             record = {
@@ -403,8 +351,8 @@ class EvalWriter(pl.LightningModule):
             size = image.size
         if self.resolution is not None and size != (self.resolution, self.resolution):
             raise EvalInputError(f"{path} is {size[0]}x{size[1]} but the dataset's poses are in "
-                             f"{self.resolution}x{self.resolution} pixels; set data.resolution={size[0]} if the "
-                             f"images are square, or resize them")
+                                 f"{self.resolution}x{self.resolution} pixels; set data.resolution={size[0]} if "
+                                 f"the images are square, or resize them")
 
     def on_predict_end(self) -> None:
         self._part.close()
@@ -431,8 +379,9 @@ def merge_manifest_parts(layout: RunLayout, world_size: int) -> list[dict[str, A
     seen: dict[str, int] = {}
     for record in ordered:
         if record["image"] in seen:
-            raise EvalInputError(f"samples {seen[record['image']]} and {record['index']} of the test split map to the "
-                             f"same file {record['image']} (duplicate id {record['id']!r}); ids must be unique")
+            raise EvalInputError(f"samples {seen[record['image']]} and {record['index']} of the test split map to "
+                                 f"the same file {record['image']} (duplicate id {record['id']!r}); ids must be "
+                                 f"unique")
         seen[record["image"]] = record["index"]
     _write_text_atomic(layout.manifest, "".join(json.dumps(r) + "\n" for r in ordered))
     shutil.rmtree(layout.parts_dir)
@@ -449,8 +398,9 @@ def check_images_folder(images: Path, records: list[dict[str, Any]], layout: Run
         matched = {layout.resolve(r["image"]).resolve() for r in records}
         extra = sorted(str(p) for p in Path(images).glob("*/*.png") if p.resolve() not in matched)
         if extra:
-            raise EvalInputError(f"--images {images}: {len(extra)} image(s) match no test sample, e.g. {extra[:3]}; "
-                             f"files must be named <scenario>/<id>.png after the dataset's scenario and id")
+            raise EvalInputError(f"--images {images}: {len(extra)} image(s) match no test sample, e.g. "
+                                 f"{extra[:3]}; files must be named <scenario>/<id>.png after the dataset's "
+                                 f"scenario and id")
 
 
 def eval_trainer(cfg: DictConfig, layout: RunLayout, generate: bool) -> pl.Trainer:
