@@ -21,7 +21,7 @@ from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
 from .config import ConfigError, ExperimentConfig, ModelConfig, validate
-from .models.adapter import ControlNetBaseline, GraphPoseAdapter, build_adapter
+from .models.adapter import ControlNetBaseline, GraphPoseAdapter, build_adapter, copy_matching_weights
 from .sd15 import sd15_config
 
 # `_class_name` in a diffusers config.json -> the class that loads it. A plain diffusers ControlNetModel folder is
@@ -171,34 +171,13 @@ def _few(items: list[str], limit: int = 20) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _copy_by_key_and_shape(module: nn.Module, source: dict[str, torch.Tensor]) -> dict[str, list[str]]:
-    # The rule of GraphPoseAdapter.copy_unet_weights, for the ControlNet baseline whose names also mirror the UNet.
-    report: dict[str, list[str]] = {"copied": [], "new": [], "mismatched": []}
-    updates = {}
-    for key, tensor in module.state_dict().items():
-        if key not in source:
-            report["new"].append(key)
-        elif source[key].shape != tensor.shape:
-            report["mismatched"].append(key)
-        else:
-            updates[key] = source[key]
-            report["copied"].append(key)
-    module.load_state_dict(updates, strict=False)
-    return report
-
-
 def init_adapter_from_unet(model_cfg: DictConfig, unet: UNet2DConditionModel) -> tuple[nn.Module, dict[str, list[str]]]:
     """The configured adapter with every tensor that mirrors the UNet (same key and shape) copied from it: conv_in,
     time embedding, down blocks, mid block, and in each PGI conv1 / time_emb_proj / conv_shortcut (reference-notes
     section 4). Everything else keeps its designed init (zero convs stay zero). Returns (adapter, report) with
     report = {"copied", "new", "mismatched"} key lists."""
     adapter = build_adapter(model_cfg, unet, load_weights_from_unet=False)
-    unet_state = unet.state_dict()
-    if isinstance(adapter, GraphPoseAdapter):
-        report = adapter.copy_unet_weights(unet_state)
-    else:
-        report = _copy_by_key_and_shape(adapter, unet_state)
-    return adapter, report
+    return adapter, copy_matching_weights(adapter, unet.state_dict())
 
 
 def save_adapter_weights(adapter: nn.Module, path: str | Path, model_cfg: DictConfig, source: str = "",
@@ -497,8 +476,20 @@ def convert_release_state_dict(state: dict[str, torch.Tensor], model_cfg: DictCo
                            "for the UNet-mirroring trunk); a release with other module names needs entries there.")
     converted = {ours: release[theirs] for ours, theirs in mapping.items()}
     names = {ours: RELEASE_ADAPTER_PREFIX + theirs for ours, theirs in mapping.items()}
-    adapter = adapter_with_weights(model_cfg, converted, source, names)
-    return adapter, {"mapped": names, "dropped": dropped, "unmapped": unmapped}
+    folded = _fold_node_proj_bias(converted)
+    adapter = adapter_with_weights(model_cfg, converted, source, {k: v for k, v in names.items() if k in converted})
+    return adapter, {"mapped": names, "dropped": dropped, "unmapped": unmapped, "folded": folded}
+
+
+def _fold_node_proj_bias(state: dict[str, torch.Tensor]) -> list[str]:
+    """The release's ViG conv1x1 before BatchNorm has a bias; ours has none, because BN(Wx + b) with running mean
+    m equals BN(Wx) with running mean m - b (and in training the batch mean absorbs b). Fold it, in place."""
+    folded = []
+    for key in [k for k in state if k.endswith(".node_proj.bias")]:
+        mean_key = key[:-len("node_proj.bias")] + "node_norm.running_mean"
+        state[mean_key] = state[mean_key] - state.pop(key)
+        folded.append(key)
+    return folded
 
 
 def convert_release_checkpoint(path: str | Path, model_cfg: DictConfig, trust_pickle: bool = False

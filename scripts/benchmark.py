@@ -51,9 +51,9 @@ AUTOCAST_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="YAML preset, e.g. configs/demo.yaml")
-    parser.add_argument("--steps", type=int, default=4, help="timed training steps per repeat")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed training steps (and one sampling call) first")
-    parser.add_argument("--repeats", type=int, default=3, help="repeats of the timed steps / sampling; medians reported")
+    parser.add_argument("--steps", type=int, default=5, help="timed training steps per repeat")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed training steps (and one sampling call) first")
+    parser.add_argument("--repeats", type=int, default=5, help="repeats of the timed steps / sampling; medians reported")
     parser.add_argument("--batch-size", type=int, default=None, help="training batch (default: data.batch_size)")
     parser.add_argument("--resolution", type=int, default=None, help="image side in pixels (default: data.resolution)")
     parser.add_argument("--sample-steps", type=int, default=None,
@@ -68,6 +68,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         help="auto = cuda when available (trainer.accelerator is ignored)")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="device peak dense bf16 TFLOP/s for MFU when the GPU is not in the built-in table")
+    parser.add_argument("--count-flops-only", action="store_true",
+                        help="only count the FLOPs of one training step on the meta device (no weights, no compute: "
+                             "works for --full-size on any machine) and the step time each GPU needs at the MFU "
+                             "target")
     parser.add_argument("--out", default=None, help="also write the markdown report to this file")
     parser.add_argument("overrides", nargs="*", help="config overrides as key=value, e.g. model.knn_k=16")
     args = parser.parse_args(argv)
@@ -421,6 +425,36 @@ def sample_seconds(model: GRPoseLitModule, cfg: DictConfig, args: argparse.Names
     return times
 
 
+def meta_step_flops(cfg: DictConfig) -> float:
+    """FLOPs of one training step's forward + backward, counted on the meta device: shapes only, no memory."""
+    with torch.device("meta"):
+        model = GRPoseLitModule(cfg)
+    model.to(torch.device("meta"))  # also moves the LightningModule's notion of its device
+    model.train()
+    n, res = cfg.data.batch_size, cfg.data.resolution
+    batch = {"image": torch.zeros(n, 3, res, res, device="meta"), "hint": torch.zeros(n, 3, res, res, device="meta"),
+             "prompt": synthetic_batch(n, 64, cfg.trainer.seed)["prompt"]}
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model.compute_loss(batch)["loss"].backward()
+    return float(counter.get_total_flops())
+
+
+def render_flops_markdown(flops: dict[str, float], header: dict[str, str]) -> str:
+    # The H200 has the H100 SXM's compute peak; one column serves both.
+    gpus = [("H100 SXM / H200" if name == "H100" else name, tflops) for name, tflops in PEAK_BF16_TFLOPS
+            if name != "H200"]
+    columns = ["adapter", "TFLOP per step", *[f"ms/step at {100 * TARGET_MFU:.0f} % MFU, {name}" for name, _ in gpus]]
+    lines = [f"- {k}: {v}" for k, v in header.items()]
+    lines += ["", "| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    for name, value in flops.items():
+        times = [f"{value / (TARGET_MFU * tflops * 1e12) * 1e3:.0f}" for _, tflops in gpus]
+        lines.append("| " + " | ".join([name, f"{value / 1e12:.2f}", *times]) + " |")
+    if all(a in flops for a in ADAPTERS):
+        lines += ["", f"FLOP ratio grpose / controlnet: {flops['grpose'] / flops['controlnet']:.3f}"]
+    return "\n".join(lines) + "\n"
+
+
 # ---- report ----------------------------------------------------------------------------------------------
 
 
@@ -513,6 +547,17 @@ def main(argv: Optional[list[str]] = None, log: Callable[[str], None] = print) -
     overrides = config_overrides(args)
     configs = {name: load_config(args.config, overrides + [f"model.adapter={name}"]) for name in args.adapters}
     cfg = next(iter(configs.values()))
+    if args.count_flops_only:
+        flops = {name: meta_step_flops(adapter_cfg) for name, adapter_cfg in configs.items()}
+        header = {"date": datetime.date.today().isoformat(), "torch": torch.__version__,
+                  "command": "python scripts/benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+                  "counted": (f"one training step (compute_loss forward + backward: VAE encode, text encoder, "
+                              f"adapter, UNet), batch {cfg.data.batch_size}, {cfg.data.resolution} px, "
+                              "matmul/conv/attention FLOPs (torch.utils.flop_counter), meta device")}
+        markdown = render_flops_markdown(flops, header)
+        log(markdown)
+        _write(args.out, markdown, log)
+        return BenchmarkReport(results={}, markdown=markdown, ratios={})
 
     results = {}
     for name, adapter_cfg in configs.items():
@@ -544,12 +589,16 @@ def main(argv: Optional[list[str]] = None, log: Callable[[str], None] = print) -
     ratios = compute_ratios(results)
     markdown = render_markdown(results, ratios, header, PeakMemory(device).method, device.type == "cuda")
     log(markdown)
-    if args.out:
-        out = Path(args.out)
+    _write(args.out, markdown, log)
+    return BenchmarkReport(results=results, markdown=markdown, ratios=ratios)
+
+
+def _write(path: Optional[str], markdown: str, log) -> None:
+    if path:
+        out = Path(path)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(markdown, encoding="utf-8")
         log(f"wrote {out}")
-    return BenchmarkReport(results=results, markdown=markdown, ratios=ratios)
 
 
 if __name__ == "__main__":

@@ -45,7 +45,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     refuse_overwrite(out_dir, args.force)
     adapter, report = convert_release_checkpoint(args.checkpoint, cfg.model, trust_pickle=args.trust_pickle)
 
-    print(f"mapped: {len(report['mapped'])} tensors")
+    print(f"mapped: {len(report['mapped'])} tensors ({len(report['folded'])} conv biases before BatchNorm folded "
+          f"into its running mean)")
     if args.verbose:
         print("\n".join(f"    {ours} <- {theirs}" for ours, theirs in report["mapped"].items()))
     else:

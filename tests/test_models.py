@@ -215,7 +215,7 @@ def test_full_size_adapters_instantiate_from_shipped_configs():
         grpose = GraphPoseAdapter(unet_config=unet_cfg)
         controlnet = ControlNetBaseline(**unet_cfg)
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-    assert count(grpose) == 412_997_248
+    assert count(grpose) == 412_986_688
     assert count(controlnet) == 361_279_120
     pgis = [m for m in grpose.modules() if isinstance(m, ProgressiveGraphIntegrator)]
     assert len(pgis) == 4 and sum(isinstance(m, GraphConv) for m in grpose.modules()) == 12

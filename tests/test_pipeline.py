@@ -80,8 +80,10 @@ def tiny(tokenizer_cache):
     adapter = GraphPoseAdapter.from_unet(parts.unet, **TINY_ADAPTER)
     with torch.no_grad():
         for name, p in adapter.named_parameters():
-            if not p.any():
-                p.normal_(0, 1.0 if name.startswith("pose_encoder.") else 0.05)
+            if name.startswith("pose_encoder.") and p.dim() == 4:
+                torch.nn.init.kaiming_normal_(p, nonlinearity="relu")  # PyTorch's default init fades with depth
+            elif not p.any():
+                p.normal_(0, 0.05)
     adapter.requires_grad_(False).eval()
     return parts, adapter
 
@@ -288,8 +290,11 @@ def test_skeleton_width_follows_the_reference_proportion():
 def test_base_unet_swap_changes_the_output_and_equals_building_with_it(tiny, saved, tmp_path):
     parts, adapter = tiny
     sd_folder, _ = saved
-    torch.manual_seed(1)
-    other_unet = build_sd15("tiny").unet
+    other_unet = build_sd15("tiny").unet  # the reproducible random base, then made different from `parts.unet`
+    with torch.no_grad():
+        torch.manual_seed(1)
+        for p in other_unet.parameters():
+            p.add_(0.05 * torch.randn_like(p))
     other_unet.save_pretrained(tmp_path / "other_unet")
     pose_images, seeds = poses(2), [3, 4]
 

@@ -31,6 +31,23 @@ def encoder_config(unet_config: Any) -> dict:
     return {key: unet_config[key] for key in _ENCODER_KEYS if key in unet_config}
 
 
+def copy_matching_weights(module: nn.Module, source: dict[str, torch.Tensor]) -> dict[str, list[str]]:
+    """Copy every tensor of `module` whose key and shape exist in `source` (a UNet state dict: adapter names
+    mirror it); the rest keeps its designed init (zero convs stay zero). Returns {"copied", "new", "mismatched"}."""
+    report: dict[str, list[str]] = {"copied": [], "new": [], "mismatched": []}
+    updates = {}
+    for key, tensor in module.state_dict().items():
+        if key not in source:
+            report["new"].append(key)
+        elif source[key].shape != tensor.shape:
+            report["mismatched"].append(key)
+        else:
+            updates[key] = source[key]
+            report["copied"].append(key)
+    module.load_state_dict(updates, strict=False)
+    return report
+
+
 def _to_list(value) -> list:
     return list(value) if isinstance(value, (list, tuple)) else value
 
@@ -83,29 +100,11 @@ class GraphPoseAdapter(ModelMixin, ConfigMixin):
     def from_unet(cls, unet: UNet2DConditionModel, load_weights_from_unet: bool = True,
                   **adapter_kwargs) -> "GraphPoseAdapter":
         """Build from a UNet's config and copy every weight that mirrors it (encoder, mid block, and in each
-        PGI conv1 / time_emb_proj / conv_shortcut). Returns the adapter; see `copy_unet_weights` for the report."""
+        PGI conv1 / time_emb_proj / conv_shortcut); `copy_matching_weights` gives the key report."""
         adapter = cls(unet_config=encoder_config(unet.config), **adapter_kwargs)
         if load_weights_from_unet:
-            adapter.copy_unet_weights(unet.state_dict())
+            copy_matching_weights(adapter, unet.state_dict())
         return adapter
-
-    def copy_unet_weights(self, unet_state: dict[str, torch.Tensor]) -> dict[str, list[str]]:
-        """Copy every adapter tensor whose key and shape exist in the UNet state dict; the rest keeps its designed
-        init (zero convs stay zero). Returns {"copied", "new", "mismatched"} key lists."""
-        report: dict[str, list[str]] = {"copied": [], "new": [], "mismatched": []}
-        own = self.state_dict()
-        updates = {}
-        for key, tensor in own.items():
-            source = unet_state.get(key)
-            if source is None:
-                report["new"].append(key)
-            elif source.shape != tensor.shape:
-                report["mismatched"].append(key)
-            else:
-                updates[key] = source
-                report["copied"].append(key)
-        self.load_state_dict(updates, strict=False)
-        return report
 
     def _run(self, module: nn.Module, *args, **kwargs):
         if self.gradient_checkpointing and torch.is_grad_enabled():

@@ -47,7 +47,9 @@ class GraphConv(nn.Module):
             if groups % 2 or (2 * channels) % groups or channels % groups:
                 raise ValueError(f"edgeconv needs an even number of groups dividing {channels} channels, got {groups}")
             self.groups = groups
-            self.node_proj = nn.Conv2d(channels, channels, 1)
+            # no bias: BatchNorm right after removes any per-channel constant (the release's bias is folded
+            # into the BN running mean when its checkpoints are converted, grpose/weights.py)
+            self.node_proj = nn.Conv2d(channels, channels, 1, bias=False)
             self.node_norm = nn.BatchNorm2d(channels)
             self.edge_conv = nn.Conv2d(2 * channels, channels, 1, groups=groups)
             nn.init.kaiming_normal_(self.edge_conv.weight)
