@@ -173,5 +173,8 @@ class GRPoseLitModule(pl.LightningModule):
                       guidance_scale=sampling.guidance_scale, eta=sampling.eta,
                       conditioning_scale=self.cfg.model.conditioning_scale, progress=False)
         kwargs.update(overrides)
-        return self.pipeline()(prompts, pose_images, seeds, **kwargs)
+        frozen_dtype = FROZEN_DTYPES[self.cfg.model.frozen_dtype]
+        # Outside Lightning's autocast (sample grids, evaluation) a bf16/fp16 frozen base meets the fp32 adapter.
+        with torch.autocast(self.device.type, dtype=frozen_dtype, enabled=frozen_dtype != torch.float32):
+            return self.pipeline()(prompts, pose_images, seeds, **kwargs)
 

@@ -53,7 +53,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--config", required=True, help="YAML preset, e.g. configs/demo.yaml")
     parser.add_argument("--steps", type=int, default=5, help="timed training steps per repeat")
     parser.add_argument("--warmup", type=int, default=3, help="untimed training steps (and one sampling call) first")
-    parser.add_argument("--repeats", type=int, default=5, help="repeats of the timed steps / sampling; medians reported")
+    parser.add_argument("--repeats", type=int, default=5, help="repeats of the timed steps and of sampling (medians)")
     parser.add_argument("--batch-size", type=int, default=None, help="training batch (default: data.batch_size)")
     parser.add_argument("--resolution", type=int, default=None, help="image side in pixels (default: data.resolution)")
     parser.add_argument("--sample-steps", type=int, default=None,
@@ -262,6 +262,7 @@ class AdapterResult:
     adapter: str
     trainable_params: int
     step_s: float  # median over repeats of the mean step time
+    best_step_s: float  # fastest repeat: the least disturbed by other processes on a shared machine
     throughput: float  # images / s, median over repeats
     peak_mib: float
     peak_growth_mib: float
@@ -294,7 +295,7 @@ def precision_context(precision: str, device: torch.device) -> Callable[[], cont
                       "or 16-mixed")
 
 
-class Trainer:
+class StepRunner:
     """A bare training step: the lit module's loss, backward and its own optimizer (no Lightning loop, no data
     loading), so the numbers isolate the model."""
 
@@ -343,13 +344,13 @@ def benchmark_adapter(cfg: DictConfig, args: argparse.Namespace, device: torch.d
     model.setup("fit")
     model.train()
     batch_size, resolution = cfg.data.batch_size, cfg.data.resolution
-    trainer = Trainer(model, synthetic_batch(batch_size, resolution, cfg.trainer.seed), cfg.trainer.precision,
-                      device, cfg.trainer.seed)
+    runner = StepRunner(model, synthetic_batch(batch_size, resolution, cfg.trainer.seed), cfg.trainer.precision,
+                        device, cfg.trainer.seed)
     name = cfg.model.adapter
 
     for i in range(args.warmup):
         log(f"[{name}] warm-up step {i + 1}/{args.warmup}")
-        trainer.step()
+        runner.step()
 
     memory = PeakMemory(device)
     step_means, peaks, growths = [], [], []
@@ -357,7 +358,7 @@ def benchmark_adapter(cfg: DictConfig, args: argparse.Namespace, device: torch.d
         times = []
         for _ in range(args.steps):
             memory.start()
-            times.append(clock.time(trainer.step))
+            times.append(clock.time(runner.step))
             peak, growth = memory.stop()
             peaks.append(peak)
             growths.append(growth)
@@ -372,7 +373,7 @@ def benchmark_adapter(cfg: DictConfig, args: argparse.Namespace, device: torch.d
     if pgis and not cfg.model.compile:
         timer = ModuleTimer(pgis, clock, backward=not cfg.model.gradient_checkpointing)
         with timed_knn(clock) as knn_s:
-            total = sum(clock.time(trainer.step) for _ in range(args.steps))
+            total = sum(clock.time(runner.step) for _ in range(args.steps))
         timer.remove()
         pgi_fwd = timer.forward_s / total
         pgi_bwd = None if cfg.model.gradient_checkpointing else timer.backward_s / total
@@ -381,23 +382,24 @@ def benchmark_adapter(cfg: DictConfig, args: argparse.Namespace, device: torch.d
     # FlopCounterMode counts matmul / conv / attention FLOPs of the forward and backward (not the optimizer).
     counter = FlopCounterMode(display=False)
     with counter:
-        trainer.forward_backward()
-    trainer.optimizer.zero_grad(set_to_none=True)
+        runner.forward_backward()
+    runner.optimizer.zero_grad(set_to_none=True)
     flops = float(counter.get_total_flops())
     achieved = flops / step_s / 1e12
     peak_tflops = device_peak_tflops(device, args.peak_tflops)
 
-    sample_times = sample_seconds(model, cfg, args, clock, trainer.autocast, log)
+    sample_times = sample_seconds(model, cfg, args, clock, runner.autocast, log)
     n_sample = cfg.data.val_batch_size
     result = AdapterResult(
         adapter=name, trainable_params=sum(p.numel() for p in model.adapter.parameters() if p.requires_grad),
-        step_s=step_s, throughput=throughput, peak_mib=max(peaks), peak_growth_mib=max(growths),
+        step_s=step_s, best_step_s=min(step_means), throughput=throughput, peak_mib=max(peaks),
+        peak_growth_mib=max(growths),
         pgi_forward_share=pgi_fwd, pgi_backward_share=pgi_bwd, knn_share=knn,
         sample_s_per_image=statistics.median(sample_times) / n_sample, flops_per_step=flops,
         achieved_tflops=achieved, mfu=achieved / peak_tflops if peak_tflops else None,
         step_times_s=step_means, sample_times_s=sample_times,
     )
-    del trainer, model
+    del runner, model
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -412,6 +414,7 @@ def sample_seconds(model: GRPoseLitModule, cfg: DictConfig, args: argparse.Names
     seeds = list(range(n))
 
     def run(**overrides):
+        # The training precision applies to sampling too (a bf16 frozen base with an fp32 adapter needs autocast).
         with autocast():
             model.sample(batch["prompt"], batch["hint"], seeds, **overrides)
 
@@ -481,6 +484,7 @@ def compute_ratios(results: dict[str, AdapterResult]) -> dict[str, float]:
     g, c = results["grpose"], results["controlnet"]
     ratios = {
         "step_time": g.step_s / c.step_s,
+        "best_step_time": g.best_step_s / c.best_step_s,
         "throughput": g.throughput / c.throughput,
         "sampling": g.sample_s_per_image / c.sample_s_per_image,
         "flops": g.flops_per_step / c.flops_per_step,
@@ -504,6 +508,7 @@ def render_markdown(results: dict[str, AdapterResult], ratios: dict[str, float],
 
     get = lambda attr: [getattr(results[n], attr) for n in names]  # noqa: E731
     row("train step (ms, median)", [_num(v * 1e3, ".1f") for v in get("step_s")], "step_time")
+    row("train step (ms, fastest repeat)", [_num(v * 1e3, ".1f") for v in get("best_step_s")], "best_step_time")
     row("train throughput (images/s, median)", [_num(v, ".2f") for v in get("throughput")], "throughput")
     row(f"peak memory per step (MiB; {memory_method})", [_num(v, ".0f") for v in get("peak_mib")], "peak_memory")
     if not cuda:

@@ -20,16 +20,17 @@ def knn_graph(nodes: torch.Tensor, k: int, chunk_mb: float = 256.0) -> torch.Ten
     """
     batch, _, num_nodes = nodes.shape
     k = min(k, num_nodes)
-    # float32 search: half-precision cosine ties would make the neighbour set depend on the dtype.
-    unit = torch.nn.functional.normalize(nodes.float(), dim=1)
-    keys = unit.transpose(1, 2)  # B x N x C
     bytes_per_row = batch * num_nodes * 4
     rows = max(1, min(num_nodes, int(chunk_mb * 2**20 // bytes_per_row)))
     chunks = []
-    for start in range(0, num_nodes, rows):
-        # For unit vectors ||a - b||^2 = 2 - 2 a.b: the largest inner products are the nearest nodes.
-        similarity = torch.bmm(keys[:, start:start + rows], unit)  # B x rows x N
-        chunks.append(similarity.topk(k, dim=-1).indices)
+    # float32 search, also under autocast: bf16/fp16 similarities change the neighbour sets of many nodes.
+    with torch.autocast(nodes.device.type, enabled=False):
+        unit = torch.nn.functional.normalize(nodes.float(), dim=1)
+        keys = unit.transpose(1, 2)  # B x N x C
+        for start in range(0, num_nodes, rows):
+            # For unit vectors ||a - b||^2 = 2 - 2 a.b: the largest inner products are the nearest nodes.
+            similarity = torch.bmm(keys[:, start:start + rows], unit)  # B x rows x N
+            chunks.append(similarity.topk(k, dim=-1).indices)
     return torch.cat(chunks, dim=1)
 
 
