@@ -12,8 +12,6 @@ import pytest
 import torch
 from PIL import Image
 from torch import nn
-from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
-from transformers.models.clip.tokenization_clip import bytes_to_unicode
 
 import eval_pose
 from grpose.config import ConfigError, load_config
@@ -74,38 +72,6 @@ def tiny_checkpoint(tmp_path_factory):
         getattr(module, part).save_pretrained(folder / "sd" / part)
     (folder / "tiny.yaml").write_text("name: tiny_eval\n")
     return folder, module.eval()
-
-
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    """A random CLIP with a character-level vocabulary and 32x32 images, saved as a local folder."""
-    folder = tmp_path_factory.mktemp("clip")
-    chars = list(bytes_to_unicode().values())
-    vocab = {c: i for i, c in enumerate(chars)}
-    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
-    vocab["<|startoftext|>"], vocab["<|endoftext|>"] = len(vocab), len(vocab) + 1
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    end = vocab["<|endoftext|>"]
-    config = CLIPConfig(
-        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=4, max_position_embeddings=77, bos_token_id=end - 1, eos_token_id=end,
-                         pad_token_id=end),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-                           image_size=32, patch_size=8),
-        projection_dim=16,
-    )
-    torch.manual_seed(0)
-    model = CLIPModel(config)
-    with torch.no_grad():  # a shared direction in both towers keeps cosines positive (CLIPScore clamps at 0)
-        model.text_model.final_layer_norm.bias[0] = 4.0
-        model.vision_model.post_layernorm.bias[0] = 4.0
-    model.save_pretrained(folder)
-    CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
-                                                     crop_size={"height": 32, "width": 32}),
-                  tokenizer=CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
-                  ).save_pretrained(folder)
-    return folder
 
 
 def run(folder, out, *args):
