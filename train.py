@@ -35,12 +35,21 @@ def resolve_resume(resume: Optional[str], checkpoint_dir: Path) -> Optional[str]
     return str(path)
 
 
+def refuse_to_mix_runs(checkpoint_dir: Path) -> None:
+    """A new run never writes into the checkpoints of an earlier one (its last.ckpt would be shadowed)."""
+    if any(checkpoint_dir.glob("*.ckpt")):
+        raise FileExistsError(f"{checkpoint_dir} already holds checkpoints of an earlier run: continue it with "
+                              f"--resume last, or start another run with name=<new name> (or delete the folder).")
+
+
 def main(argv: Optional[list[str]] = None) -> pl.Trainer:
     args = parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     run_dir = Path(cfg.output_dir) / cfg.name
     checkpoint_dir = run_dir / "checkpoints"
     ckpt_path = resolve_resume(args.resume, checkpoint_dir)
+    if ckpt_path is None:
+        refuse_to_mix_runs(checkpoint_dir)
     save_config(cfg, run_dir / "config.yaml")
     pl.seed_everything(cfg.trainer.seed, workers=True)
 
@@ -74,5 +83,5 @@ def main(argv: Optional[list[str]] = None) -> pl.Trainer:
 if __name__ == "__main__":
     try:
         main()
-    except (ConfigError, FileNotFoundError) as err:
+    except (ConfigError, FileNotFoundError, FileExistsError) as err:
         sys.exit(f"error: {err}")

@@ -34,6 +34,8 @@ def test_train_writes_run_dir_and_resumes_with_optimizer_state(tmp_path):
     adam_steps = {float(s["step"]) for s in saved["optimizer_states"][0]["state"].values()}
     assert adam_steps == {4.0}
 
+    with pytest.raises(FileExistsError, match="--resume last"):  # a new run never mixes with the old one
+        run(tmp_path, "trainer.max_steps=6")
     trainer = run(tmp_path, "trainer.max_steps=6", resume="last")
     assert trainer.global_step == 6
     resumed = trainer.optimizers[0].state_dict()["state"]
