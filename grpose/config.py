@@ -52,7 +52,7 @@ class ModelConfig:
     conditioning_scale: float = 1.0
     gradient_checkpointing: bool = False
     # Speed switches (none changes results beyond numerical tolerance; see BENCHMARKS.md)
-    frozen_dtype: str = "fp32"  # dtype of the frozen UNet/VAE/text encoder weights: fp32 | bf16 | fp16
+    frozen_dtype: str = "fp32"  # dtype of the frozen UNet/VAE/text encoder: fp32 | bf16 | fp16 | auto (follows precision)
     channels_last: bool = False
     compile: bool = False  # torch.compile the adapter and the frozen UNet
 
@@ -95,7 +95,7 @@ class TrainerConfig:
     devices: Any = "auto"
     num_nodes: int = 1
     strategy: str = "auto"  # DDP is chosen by Lightning on >1 GPU
-    precision: str = "32-true"  # bf16-mixed | 16-mixed | 32-true
+    precision: str = "32-true"  # bf16-mixed | 16-mixed | 32-true | auto (bf16 where the GPU has it, else fp16; CPU fp32)
     max_epochs: int = 20
     max_steps: int = -1
     accumulate_grad_batches: int = 1
@@ -172,9 +172,9 @@ _CHOICES = {
     "model.base": ("sd15", "tiny"),
     "model.adapter": ("grpose", "controlnet"),
     "model.graph_type": ("edgeconv", "gcn"),
-    "trainer.precision": ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true"),
+    "trainer.precision": ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "auto"),
     "trainer.logger": ("tensorboard", "csv"),
-    "model.frozen_dtype": ("fp32", "bf16", "fp16"),
+    "model.frozen_dtype": ("fp32", "bf16", "fp16", "auto"),
 }
 _GRAPH_NAMES = ("latent", "pose", "fuse")
 
@@ -202,7 +202,22 @@ def load_config(path: Optional[str | os.PathLike] = None, overrides: Optional[li
             raise ConfigError(f"override {bad[0]!r} is not of the form key=value")
         cfg = _merge(cfg, OmegaConf.from_dotlist(list(overrides)), "command line")
     validate(cfg)
+    resolve_auto_precision(cfg)
     return cfg
+
+
+def resolve_auto_precision(cfg: DictConfig) -> None:
+    """`trainer.precision: auto` -> bf16-mixed on GPUs that support bf16, 16-mixed (with loss scaling) on older
+    GPUs, 32-true on the CPU; `model.frozen_dtype: auto` -> the matching dtype for the frozen base. Resolved at
+    load time so the saved run config records what was used."""
+    import torch
+
+    if cfg.trainer.precision == "auto":
+        on_gpu = cfg.trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+        cfg.trainer.precision = (("bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed") if on_gpu
+                                 else "32-true")
+    if cfg.model.frozen_dtype == "auto":
+        cfg.model.frozen_dtype = {"bf16-mixed": "bf16", "16-mixed": "fp16"}.get(cfg.trainer.precision, "fp32")
 
 
 def _read_yaml(path: Path) -> DictConfig:
@@ -245,7 +260,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("model.pose_stem_channels needs 3 entries and model.pose_level_channels 4")
     if not 0.0 <= cfg.data.prompt_dropout <= 1.0:
         raise ConfigError("data.prompt_dropout must be in [0, 1]")
-    if cfg.model.frozen_dtype != "fp32" and "mixed" not in str(cfg.trainer.precision):
+    if cfg.model.frozen_dtype not in ("fp32", "auto") and "mixed" not in str(cfg.trainer.precision):
         raise ConfigError(f"model.frozen_dtype={cfg.model.frozen_dtype} needs a mixed trainer.precision "
                           f"(bf16-mixed or 16-mixed), got {cfg.trainer.precision}")
     validate_eval_config(cfg.eval)

@@ -63,3 +63,12 @@ def test_full_size_presets_point_at_weights_with_clear_error(tmp_path):
 
     with pytest.raises(Exception, match="missing.safetensors"):
         GRPoseLitModule(cfg)
+
+
+def test_auto_precision_resolves_at_load_time():
+    cfg = load_config("configs/grpose/humanart.yaml", ["trainer.accelerator=cpu"])
+    assert cfg.trainer.precision == "32-true" and cfg.model.frozen_dtype == "fp32"  # no GPU: full precision
+    cfg = load_config("configs/demo.yaml", ["trainer.precision=bf16-mixed", "model.frozen_dtype=auto"])
+    assert cfg.model.frozen_dtype == "bf16"
+    with pytest.raises(ConfigError, match="needs a mixed trainer.precision"):
+        load_config("configs/demo.yaml", ["model.frozen_dtype=fp16"])
