@@ -190,10 +190,11 @@ class GRPosePipeline:
             step_kwargs["eta"] = eta
         if "generator" in step_parameters:
             step_kwargs["generator"] = generators
+        pose_condition = self.adapter.encode_pose(pose)  # timestep-independent: once per call, not per step
         for t in tqdm(self.scheduler.timesteps, desc="sampling", disable=not progress, leave=False):
             model_in = torch.cat([latents, latents]) if use_cfg else latents
             model_in = self.scheduler.scale_model_input(model_in, t)
-            down, mid = self.adapter(model_in, t, text, pose, conditioning_scale=conditioning_scale)
+            down, mid = self.adapter(model_in, t, text, pose_condition, conditioning_scale=conditioning_scale)
             eps = self.parts.unet(model_in, t, encoder_hidden_states=text, down_block_additional_residuals=down,
                                   mid_block_additional_residual=mid).sample
             if use_cfg:

@@ -220,3 +220,17 @@ def test_full_size_adapters_instantiate_from_shipped_configs():
     pgis = [m for m in grpose.modules() if isinstance(m, ProgressiveGraphIntegrator)]
     assert len(pgis) == 4 and sum(isinstance(m, GraphConv) for m in grpose.modules()) == 12
     assert [p.conv1.out_channels for p in pgis] == [320, 640, 1280, 1280]
+
+
+def test_precomputed_pose_features_give_the_same_residuals():
+    """The sampler encodes the pose once per call; that must equal encoding it at every step."""
+    unet = tiny_unet()
+    adapter = tiny_adapter(unet).eval()
+    for p in adapter.parameters():
+        p.data.add_(0.05 * torch.randn_like(p))
+    x, text, pose = torch.randn(2, 4, 8, 8), torch.randn(2, 7, 32), torch.rand(2, 3, 64, 64) * 2 - 1
+    features = adapter.encode_pose(pose)
+    for t in (torch.tensor([10, 10]), torch.tensor([900, 900])):
+        direct, cached = adapter(x, t, text, pose), adapter(x, t, text, features)
+        for a, b in zip(direct[0] + [direct[1]], cached[0] + [cached[1]]):
+            assert torch.equal(a, b)

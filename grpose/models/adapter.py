@@ -111,12 +111,18 @@ class GraphPoseAdapter(ModelMixin, ConfigMixin):
             return checkpoint(module, *args, use_reentrant=False, **kwargs)
         return module(*args, **kwargs)
 
+    def encode_pose(self, pose_image: torch.Tensor) -> list[torch.Tensor]:
+        """The PoseEncoder's per-level features. They do not depend on the timestep, so a sampler computes them
+        once per call and passes them to every step instead of the image."""
+        return self._run(self.pose_encoder, pose_image)
+
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
-                pose_image: torch.Tensor, conditioning_scale: float = 1.0) -> Residuals:
-        """sample: noisy latent B x 4 x h x w; pose_image: B x 3 x 8h x 8w in [-1, 1]."""
+                pose_image: torch.Tensor | list[torch.Tensor], conditioning_scale: float = 1.0) -> Residuals:
+        """sample: noisy latent B x 4 x h x w; pose_image: B x 3 x 8h x 8w in [-1, 1], or `encode_pose` of it."""
         timesteps = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(sample.shape[0])
         temb = self.time_embedding(self.time_proj(timesteps).to(sample.dtype))
-        pose_features = self._run(self.pose_encoder, pose_image.to(sample.dtype))
+        pose_features = (self.encode_pose(pose_image.to(sample.dtype)) if torch.is_tensor(pose_image)
+                         else [f.to(sample.dtype) for f in pose_image])
 
         h = self.conv_in(sample)
         skips = [h]
@@ -145,6 +151,10 @@ class ControlNetBaseline(ControlNetModel):
 
     Our pose images are in [-1, 1]; ControlNet conditions on [0, 1], so the hint is rescaled here.
     """
+
+    def encode_pose(self, pose_image: torch.Tensor) -> torch.Tensor:
+        """The pose image itself: ControlNet's hint encoder runs inside diffusers' forward at every step."""
+        return pose_image
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
                 pose_image: torch.Tensor, conditioning_scale: float = 1.0) -> Residuals:
