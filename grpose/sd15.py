@@ -163,9 +163,7 @@ def _instantiate(factory: Callable[[], torch.nn.Module], state_dict: dict, what:
     with torch.device("meta"):
         model = factory()
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(state_dict) if tuple(expected[k].shape) != tuple(state_dict[k].shape))
+    missing, unexpected, wrong = compare_state_dicts(expected, state_dict)
     if missing or unexpected or wrong:
         details = []
         if missing:
@@ -186,6 +184,15 @@ def _instantiate(factory: Callable[[], torch.nn.Module], state_dict: dict, what:
     model.load_state_dict({k: v.contiguous() for k, v in state_dict.items()}, strict=True, assign=True)
     _materialise_nonpersistent_buffers(model, what)
     return model
+
+
+def compare_state_dicts(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor]
+                        ) -> tuple[list[str], list[str], list[str]]:
+    """(missing, unexpected, differently shaped) keys of `given` against `expected`, each sorted."""
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(given) if tuple(expected[k].shape) != tuple(given[k].shape))
+    return missing, unexpected, wrong
 
 
 def _materialise_nonpersistent_buffers(model: torch.nn.Module, what: str) -> None:

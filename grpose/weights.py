@@ -22,7 +22,7 @@ from torch import nn
 
 from .config import ConfigError, ExperimentConfig, ModelConfig, validate
 from .models.adapter import ControlNetBaseline, GraphPoseAdapter, build_adapter, copy_matching_weights
-from .sd15 import sd15_config
+from .sd15 import compare_state_dicts, sd15_config
 
 # `_class_name` in a diffusers config.json -> the class that loads it. A plain diffusers ControlNetModel folder is
 # loaded as our baseline, which is the same network with the pose image mapped from [-1, 1] to ControlNet's [0, 1].
@@ -139,9 +139,7 @@ def check_state_dict(expected: dict[str, torch.Tensor], given: dict[str, torch.T
     """Raise a WeightsError listing missing, unexpected and wrongly shaped keys. `names` maps a given key to the
     name it had in the file, when that differs."""
     names = names or {}
-    missing = sorted(set(expected) - set(given))
-    unexpected = sorted(set(given) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(given) if tuple(expected[k].shape) != tuple(given[k].shape))
+    missing, unexpected, wrong = compare_state_dicts(expected, given)
     if not (missing or unexpected or wrong):
         return
     lines = []
