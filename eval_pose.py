@@ -16,12 +16,15 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from grpose.config import ConfigError, load_config
+from grpose.cli import run
+from grpose.config import load_config
 from grpose.data.datamodule import PoseDataModule
-from grpose.eval.generate import (EvalInputError, EvalWriter, RunLayout, check_generation_settings,
-                                  check_images_folder, eval_trainer, generation_settings, load_eval_config,
-                                  load_generator, read_manifest, run_predict, select_samples)
+from grpose.errors import MissingFileError
+from grpose.eval.generate import (EvalWriter, check_generation_settings, check_images_folder, eval_trainer,
+                                  generation_settings, load_generator, run_predict, select_samples)
 from grpose.eval.report import check_scoring_weights, score_run, write_report
+from grpose.eval.run_layout import RunLayout, read_manifest
+from grpose.eval.settings import evaluated_count, resolve_eval_settings
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -50,15 +53,14 @@ def main(argv: Optional[list[str]] = None, quality_feature: Optional[nn.Module] 
     args = parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     metrics = None if args.metrics is None else [m for m in args.metrics.split(",") if m and m != "none"]
-    run_name = args.run or (Path(args.images).name if args.images else None)
-    eval_cfg = load_eval_config(cfg, protocol=args.protocol, num_samples=args.limit, metrics=metrics,
-                                run_name=run_name)
-    layout = RunLayout(Path(eval_cfg.output_dir) / (eval_cfg.run_name or cfg.name))
+    eval_cfg = resolve_eval_settings(cfg, images=args.images, protocol=args.protocol, num_samples=args.limit,
+                                     metrics=metrics, run_name=args.run)
+    layout = RunLayout(Path(eval_cfg.output_dir) / eval_cfg.run_name)
     check_scoring_weights(eval_cfg, quality_feature)  # before hours of generation, not after
 
     # 1. images + manifest: generate (every rank its shard), or take a folder of images, or re-score this run
     if args.score_only and args.images is None:
-        records, settings = rescore_run(layout, eval_cfg.num_samples)
+        records, settings = rescore_run(layout, eval_cfg)
     else:
         records, settings = images_and_manifest(args, cfg, eval_cfg, layout)
     if records is None:  # not rank 0: scoring happens there
@@ -80,12 +82,13 @@ def main(argv: Optional[list[str]] = None, quality_feature: Optional[nn.Module] 
 
 def images_and_manifest(args: argparse.Namespace, cfg, eval_cfg, layout: RunLayout):
     """(manifest records on rank 0 / None elsewhere, generation settings or None for a folder of images)."""
-    dataset = select_samples(PoseDataModule(cfg.data).test_dataset(), eval_cfg.num_samples)
+    test_split = PoseDataModule(cfg.data).test_dataset()
+    dataset = select_samples(test_split, evaluated_count(len(test_split), eval_cfg))
     settings = None
     if args.score_only:
         images = Path(args.images)
         if not images.is_dir():
-            raise FileNotFoundError(f"--images {images} is not a folder of <scenario>/<id>.png images")
+            raise MissingFileError(f"--images {images} is not a folder of <scenario>/<id>.png images")
         writer = EvalWriter(layout, images_root=images, resolution=cfg.data.resolution)
     else:
         generator = load_generator(cfg, args.ckpt)
@@ -95,25 +98,22 @@ def images_and_manifest(args: argparse.Namespace, cfg, eval_cfg, layout: RunLayo
     trainer = eval_trainer(cfg, layout, generate=not args.score_only)
     records = run_predict(trainer, writer, dataset, eval_cfg.batch_size, cfg.data.num_workers)
     if records is not None and args.score_only:
-        check_images_folder(images, records, layout, complete=eval_cfg.num_samples is None)
+        check_images_folder(images, records, layout, complete=eval_cfg.num_samples is None and not eval_cfg.drop_last)
     del writer, trainer  # frees the generator before scoring
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return records, settings
 
 
-def rescore_run(layout: RunLayout, num_samples: Optional[int]):
+def rescore_run(layout: RunLayout, eval_cfg):
     """Score a generated run again (e.g. with the other protocol) from its manifest; nothing is regenerated."""
     records = read_manifest(layout.manifest)
-    if num_samples is not None:
-        records = [r for r in records if r["index"] < num_samples]
+    count = evaluated_count(len(records), eval_cfg)
+    records = [r for r in records if r["index"] < count]
     settings_file = layout.generation_settings
     settings = json.loads(settings_file.read_text(encoding="utf-8")) if settings_file.is_file() else None
     return records, settings
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ConfigError, EvalInputError, FileNotFoundError, ImportError) as err:
-        sys.exit(f"error: {err}")
+    sys.exit(run(main))

@@ -11,9 +11,11 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from grpose.config import ConfigError, load_config
+from grpose.cli import run
+from grpose.config import load_config
 from grpose.sd15 import load_unet
-from grpose.weights import WeightsError, format_key_report, init_adapter_from_unet, save_adapter_weights
+from grpose.errors import OutputExistsError, WeightsError
+from grpose.weights import format_key_report, init_adapter_from_unet, save_adapter_weights
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -32,7 +34,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, list[str]]:
     cfg = load_config(args.config, args.overrides)
     out = Path(args.out)
     if out.exists() and not args.force:  # checked before the (slow) SD1.5 load
-        raise FileExistsError(f"{out} already exists; pass --force to overwrite it.")
+        raise OutputExistsError(f"{out} already exists; pass --force to overwrite it.")
 
     unet = load_unet(args.sd15, arch=cfg.model.base)
     adapter, report = init_adapter_from_unet(cfg.model, unet)
@@ -52,7 +54,4 @@ def main(argv: Optional[list[str]] = None) -> dict[str, list[str]]:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ConfigError, FileNotFoundError, FileExistsError, WeightsError, ValueError) as err:
-        sys.exit(f"error: {err}")
+    sys.exit(run(main))

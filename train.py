@@ -12,7 +12,9 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from grpose.callbacks import ExportAdapterCallback, SampleGridCallback
-from grpose.config import ConfigError, load_config, save_config
+from grpose.cli import run
+from grpose.config import load_config, save_config
+from grpose.errors import MissingFileError, OutputExistsError
 from grpose.data.datamodule import BadSampleReporter, PoseDataModule
 from grpose.lit_module import GRPoseLitModule
 
@@ -31,14 +33,14 @@ def resolve_resume(resume: Optional[str], checkpoint_dir: Path) -> Optional[str]
         return None
     path = checkpoint_dir / "last.ckpt" if resume == "last" else Path(resume)
     if not path.is_file():
-        raise FileNotFoundError(f"--resume {resume}: no checkpoint at {path}")
+        raise MissingFileError(f"--resume {resume}: no checkpoint at {path}")
     return str(path)
 
 
 def refuse_to_mix_runs(checkpoint_dir: Path) -> None:
     """A new run never writes into the checkpoints of an earlier one (its last.ckpt would be shadowed)."""
     if any(checkpoint_dir.glob("*.ckpt")):
-        raise FileExistsError(f"{checkpoint_dir} already holds checkpoints of an earlier run: continue it with "
+        raise OutputExistsError(f"{checkpoint_dir} already holds checkpoints of an earlier run: continue it with "
                               f"--resume last, or start another run with name=<new name> (or delete the folder).")
 
 
@@ -54,7 +56,7 @@ def main(argv: Optional[list[str]] = None) -> pl.Trainer:
     pl.seed_everything(cfg.trainer.seed, workers=True)
 
     datamodule = PoseDataModule(cfg.data)
-    model = GRPoseLitModule(cfg)
+    model = GRPoseLitModule.from_config(cfg)
 
     t = cfg.trainer
     logger = (TensorBoardLogger(run_dir, name="logs") if t.logger == "tensorboard"
@@ -81,7 +83,4 @@ def main(argv: Optional[list[str]] = None) -> pl.Trainer:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ConfigError, FileNotFoundError, FileExistsError) as err:
-        sys.exit(f"error: {err}")
+    sys.exit(run(main))

@@ -13,6 +13,10 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from .errors import ConfigError
+from .precision import FROZEN_DTYPES, TRAINER_PRECISIONS, resolve_precision
+from .sd15.configs import ARCHS, size_multiple, vae_downsampling
+
 
 @dataclass
 class DataConfig:
@@ -127,6 +131,7 @@ class SamplingConfig:
 
 EVAL_PROTOCOLS = ("paper", "standard")
 EVAL_METRICS = ("pose", "quality", "clip")
+# Eval settings are resolved and validated in one place, grpose.eval.settings; load_config only calls it.
 
 
 @dataclass
@@ -148,6 +153,9 @@ class EvalConfig:
     inception_weights: Optional[str] = None  # null: $TORCH_HOME/hub/checkpoints (see docs/evaluation.md)
     clip_model: str = "models/clip-vit-base-patch16"
     kid_scale: Optional[float] = None  # null: 1000 for laion_human, else 100 (GRPose paper section 4.2)
+    # Drop the last N mod paper_batch_size test samples, as the release's test loader (drop_last=True) does: they
+    # are never generated nor scored. null: on for the `paper` protocol, off for `standard`.
+    drop_last: Optional[bool] = None
 
 
 @dataclass
@@ -163,18 +171,14 @@ class ExperimentConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
-class ConfigError(ValueError):
-    """A configuration file or override the user must fix."""
-
-
 _CHOICES = {
     "data.dataset": ("synthetic", "humanart", "laion_human"),
-    "model.base": ("sd15", "tiny"),
+    "model.base": ARCHS,
     "model.adapter": ("grpose", "controlnet"),
     "model.graph_type": ("edgeconv", "gcn"),
-    "trainer.precision": ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "auto"),
+    "trainer.precision": TRAINER_PRECISIONS,
     "trainer.logger": ("tensorboard", "csv"),
-    "model.frozen_dtype": ("fp32", "bf16", "fp16", "auto"),
+    "model.frozen_dtype": FROZEN_DTYPES,
 }
 _GRAPH_NAMES = ("latent", "pose", "fuse")
 
@@ -187,7 +191,9 @@ def _merge(base: DictConfig, delta: Any, source: str) -> DictConfig:
                           f"grpose/config.py.") from None
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or "?"
-        raise ConfigError(f"{source}: invalid value for '{key}': {err.msg}") from None
+        # OmegaConf's message is several lines of internals ("full_key: ... object_type=..."); keep the first.
+        reason = str(getattr(err, "msg", err)).strip().splitlines()[0]
+        raise ConfigError(f"{source}: invalid value for '{key}': {reason}") from None
 
 
 def load_config(path: Optional[str | os.PathLike] = None, overrides: Optional[list[str]] = None) -> DictConfig:
@@ -207,17 +213,9 @@ def load_config(path: Optional[str | os.PathLike] = None, overrides: Optional[li
 
 
 def resolve_auto_precision(cfg: DictConfig) -> None:
-    """`trainer.precision: auto` -> bf16-mixed on GPUs that support bf16, 16-mixed (with loss scaling) on older
-    GPUs, 32-true on the CPU; `model.frozen_dtype: auto` -> the matching dtype for the frozen base. Resolved at
-    load time so the saved run config records what was used."""
-    import torch
-
-    if cfg.trainer.precision == "auto":
-        on_gpu = cfg.trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-        cfg.trainer.precision = (("bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed") if on_gpu
-                                 else "32-true")
-    if cfg.model.frozen_dtype == "auto":
-        cfg.model.frozen_dtype = {"bf16-mixed": "bf16", "16-mixed": "fp16"}.get(cfg.trainer.precision, "fp32")
+    """Resolve `auto` precisions at load time (grpose.precision), so the saved run config records what ran."""
+    cfg.trainer.precision, cfg.model.frozen_dtype = resolve_precision(
+        cfg.trainer.precision, cfg.model.frozen_dtype, cfg.trainer.accelerator)
 
 
 def _read_yaml(path: Path) -> DictConfig:
@@ -260,25 +258,17 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("model.pose_stem_channels needs 3 entries and model.pose_level_channels 4")
     if not 0.0 <= cfg.data.prompt_dropout <= 1.0:
         raise ConfigError("data.prompt_dropout must be in [0, 1]")
-    if cfg.model.frozen_dtype not in ("fp32", "auto") and "mixed" not in str(cfg.trainer.precision):
-        raise ConfigError(f"model.frozen_dtype={cfg.model.frozen_dtype} needs a mixed trainer.precision "
-                          f"(bf16-mixed or 16-mixed), got {cfg.trainer.precision}")
+    multiple = size_multiple(cfg.model.base)
+    if cfg.data.resolution < multiple or cfg.data.resolution % multiple:
+        raise ConfigError(
+            f"data.resolution={cfg.data.resolution} must be a positive multiple of {multiple} for "
+            f"model.base={cfg.model.base} (the VAE downsamples by {vae_downsampling(cfg.model.base)} and the UNet by "
+            f"{multiple // vae_downsampling(cfg.model.base)} more), e.g. data.resolution={max(multiple, round(cfg.data.resolution / multiple) * multiple)}")
+    from .eval.settings import validate_eval_config  # the eval section's own rules live with its resolution
+
     validate_eval_config(cfg.eval)
     if cfg.loss.pose_perception.alpha < 0:
         raise ConfigError("loss.pose_perception.alpha must be >= 0")
-
-
-def validate_eval_config(eval_cfg: DictConfig) -> None:
-    if eval_cfg.protocol not in EVAL_PROTOCOLS:
-        raise ConfigError(f"eval.protocol={eval_cfg.protocol!r} is not one of {', '.join(EVAL_PROTOCOLS)}")
-    unknown = [m for m in eval_cfg.metrics if m not in EVAL_METRICS]
-    if unknown:
-        raise ConfigError(f"eval.metrics: unknown metric(s) {unknown}; choose from {', '.join(EVAL_METRICS)}")
-    for key in ("batch_size", "paper_batch_size", "min_scenario_images"):
-        if eval_cfg[key] < 1:
-            raise ConfigError(f"eval.{key} must be >= 1, got {eval_cfg[key]}")
-    if eval_cfg.num_samples is not None and eval_cfg.num_samples < 1:
-        raise ConfigError(f"eval.num_samples (--limit) must be >= 1, got {eval_cfg.num_samples}")
 
 
 def save_config(cfg: DictConfig, path: str | os.PathLike) -> None:

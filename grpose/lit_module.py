@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Optional
 
 import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
-from safetensors.torch import load_file
 from torch.utils.checkpoint import checkpoint
 
 from .losses.diffusion import diffusion_loss, pose_region_mask
 from .models.adapter import build_adapter
-from .pipeline import GRPosePipeline
+from .pipeline import GRPosePipeline, sampling_options
+from .precision import torch_dtype
 from .sd15 import StableDiffusionParts, build_sd15, encode_prompts, make_scheduler
-
-ADAPTER_PREFIX = "adapter."
-FROZEN_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+from .weights.loader import ADAPTER_PREFIX, load_adapter
 
 
 class GRPoseLitModule(pl.LightningModule):
@@ -27,27 +24,35 @@ class GRPoseLitModule(pl.LightningModule):
     checkpoints hold the adapter plus optimizer/loop state, never the frozen SD1.5 or pose-network weights.
     """
 
-    def __init__(self, cfg: DictConfig, parts: Optional[StableDiffusionParts] = None):
+    def __init__(self, model: DictConfig, loss: DictConfig, optim: DictConfig, sampling: DictConfig,
+                 lr_scale_batch: int = 1, tf32: bool = True, parts: Optional[StableDiffusionParts] = None):
+        """`model`, `loss`, `optim`, `sampling`: those sections of the experiment config. `lr_scale_batch`: the
+        per-device batch times gradient accumulation, by which `optim.scale_lr` multiplies the lr (with the world
+        size). `parts`: an already built frozen base (else built from `model.base` / `model.pretrained`)."""
         super().__init__()
-        self.cfg = cfg
-        self.save_hyperparameters({"config": OmegaConf.to_container(cfg, resolve=True)})
-        parts = parts if parts is not None else build_sd15(cfg.model.base, cfg.model.pretrained,
-                                                            torch_dtype=FROZEN_DTYPES[cfg.model.frozen_dtype])
+        self.model_cfg, self.loss_cfg, self.optim_cfg, self.sampling_cfg = model, loss, optim, sampling
+        self.lr_scale_batch = int(lr_scale_batch)
+        self.tf32 = bool(tf32)
+        # The checkpoint stores these sections: the `model` one is how a .ckpt names its adapter's architecture.
+        self.save_hyperparameters({name: OmegaConf.to_container(section, resolve=True) for name, section in
+                                   (("model", model), ("loss", loss), ("optim", optim), ("sampling", sampling))})
+        parts = parts if parts is not None else build_sd15(model.base, model.pretrained,
+                                                            torch_dtype=torch_dtype(model.frozen_dtype))
         self.sd = parts
         # Registered as submodules so Lightning moves them with the module; frozen and in eval mode forever.
         self.unet, self.vae, self.text_encoder = parts.unet, parts.vae, parts.text_encoder
         for frozen in (self.unet, self.vae, self.text_encoder):
             frozen.requires_grad_(False).eval()
-        self.adapter = build_adapter(cfg.model, self.unet)
-        if cfg.model.adapter_weights:
-            self.load_adapter_weights(cfg.model.adapter_weights)
-        if cfg.model.gradient_checkpointing:
+        self.adapter = build_adapter(model, self.unet)
+        if model.adapter_weights:
+            self.load_adapter_weights(model.adapter_weights)
+        if model.gradient_checkpointing:
             self.adapter.enable_gradient_checkpointing()
             self.unet.enable_gradient_checkpointing()
-        if cfg.model.channels_last:
+        if model.channels_last:
             for module in (self.unet, self.vae, self.adapter):
                 module.to(memory_format=torch.channels_last)
-        if cfg.model.compile:
+        if model.compile:
             self.adapter.compile()
             self.unet.compile()
 
@@ -55,7 +60,7 @@ class GRPoseLitModule(pl.LightningModule):
         self.register_buffer("alphas_cumprod", self.noise_scheduler.alphas_cumprod.clone(), persistent=False)
         self.pose_loss = None
         self.pose_loss_schedule = None
-        pose_cfg = cfg.loss.pose_perception
+        pose_cfg = loss.pose_perception
         if pose_cfg.alpha > 0:
             # Imported here: with alpha = 0 training never touches mmpose. The loss module holds its pose network
             # outside its parameters and state dict, so registering it adds nothing to checkpoints.
@@ -63,6 +68,13 @@ class GRPoseLitModule(pl.LightningModule):
 
             self.pose_loss = build_pose_perception_loss(pose_cfg)
             self.pose_loss_schedule = PoseLossSchedule(pose_cfg.start_epoch, pose_cfg.start_step)
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig, parts: Optional[StableDiffusionParts] = None) -> "GRPoseLitModule":
+        """The module of a full experiment config (what train.py builds)."""
+        return cls(cfg.model, cfg.loss, cfg.optim, cfg.sampling,
+                   lr_scale_batch=cfg.data.batch_size * cfg.trainer.accumulate_grad_batches, tf32=cfg.trainer.tf32,
+                   parts=parts)
 
     # ---- checkpoint content: the adapter only -------------------------------------------------------------
     def state_dict(self, *args, destination=None, prefix: str = "", keep_vars: bool = False):
@@ -77,10 +89,10 @@ class GRPoseLitModule(pl.LightningModule):
         return self.adapter.load_state_dict(adapter_state, strict=strict, assign=assign)
 
     def load_adapter_weights(self, path: str) -> None:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"model.adapter_weights: {path} does not exist. Create it with "
-                                    f"`python prepare_weights.py SD15_PATH CONFIG {path}` or set it to null.")
-        self.adapter.load_state_dict(load_file(path), strict=True)
+        """Start from the adapter in `path` (model.adapter_weights), read by the one adapter loader: the file must
+        hold the configured architecture."""
+        loaded = load_adapter(path, expected=self.model_cfg)
+        self.adapter.load_state_dict(loaded.state_dict(), strict=True)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -93,7 +105,7 @@ class GRPoseLitModule(pl.LightningModule):
         return self.pose_loss is not None and self.pose_loss_schedule.is_active(self.current_epoch, self.global_step)
 
     def setup(self, stage: str) -> None:
-        if self.cfg.trainer.tf32 and torch.cuda.is_available():
+        if self.tf32 and torch.cuda.is_available():
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
 
@@ -112,7 +124,7 @@ class GRPoseLitModule(pl.LightningModule):
         noise_pred = self.unet(noisy, timesteps, encoder_hidden_states=text, down_block_additional_residuals=down,
                                mid_block_additional_residual=mid).sample
 
-        loss_cfg = self.cfg.loss
+        loss_cfg = self.loss_cfg
         mask = None
         if loss_cfg.pose_mask_weight != 1.0:
             mask = pose_region_mask(hint, tuple(latents.shape[-2:]), loss_cfg.pose_mask_kernel, loss_cfg.pose_mask_sigma)
@@ -131,7 +143,7 @@ class GRPoseLitModule(pl.LightningModule):
         alpha_bar = self.alphas_cumprod[timesteps].to(noisy.dtype)[:, None, None, None]
         pred_x0 = (noisy - (1 - alpha_bar).sqrt() * noise_pred) / alpha_bar.sqrt()
         decode = lambda z: self.vae.decode(z / self.sd.vae_scale_factor).sample  # noqa: E731
-        if self.cfg.loss.pose_perception.decode_checkpointing and torch.is_grad_enabled():
+        if self.loss_cfg.pose_perception.decode_checkpointing and torch.is_grad_enabled():
             pred_images = checkpoint(decode, pred_x0, use_reentrant=False)
         else:
             pred_images = decode(pred_x0)
@@ -150,11 +162,11 @@ class GRPoseLitModule(pl.LightningModule):
         self.log("val/loss", losses["loss"], batch_size=batch["image"].shape[0], sync_dist=True)
 
     def configure_optimizers(self):
-        optim = self.cfg.optim
+        optim = self.optim_cfg
         lr = optim.lr
         if optim.scale_lr:
             world = self.trainer.world_size if self._trainer is not None else 1
-            lr = optim.lr * world * self.cfg.data.batch_size * self.cfg.trainer.accumulate_grad_batches
+            lr = optim.lr * world * self.lr_scale_batch
         params = [p for p in self.adapter.parameters() if p.requires_grad]
         fused = optim.fused
         if fused is None:
@@ -168,13 +180,6 @@ class GRPoseLitModule(pl.LightningModule):
 
     @torch.no_grad()
     def sample(self, prompts, pose_images, seeds, **overrides) -> torch.Tensor:
-        sampling = self.cfg.sampling
-        kwargs = dict(negative_prompt=sampling.negative_prompt, num_inference_steps=sampling.num_inference_steps,
-                      guidance_scale=sampling.guidance_scale, eta=sampling.eta,
-                      conditioning_scale=self.cfg.model.conditioning_scale, progress=False)
-        kwargs.update(overrides)
-        frozen_dtype = FROZEN_DTYPES[self.cfg.model.frozen_dtype]
-        # Outside Lightning's autocast (sample grids, evaluation) a bf16/fp16 frozen base meets the fp32 adapter.
-        with torch.autocast(self.device.type, dtype=frozen_dtype, enabled=frozen_dtype != torch.float32):
-            return self.pipeline()(prompts, pose_images, seeds, **kwargs)
-
+        """Sample grids: the experiment's sampling settings through the pipeline (and its precision policy)."""
+        options = {**sampling_options(self.sampling_cfg, self.model_cfg.conditioning_scale), "progress": False}
+        return self.pipeline()(prompts, pose_images, seeds, **{**options, **overrides})

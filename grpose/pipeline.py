@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import inspect
 import os
-from typing import Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .errors import ConfigError, PoseInputError
 from .pose_inputs import PoseCondition, load_pose
+from .precision import inference_autocast, torch_dtype
 from .sd15 import StableDiffusionParts, build_sd15, encode_prompts, load_unet, make_scheduler
+from .weights.loader import load_adapter
 
 DEFAULT_NEGATIVE_PROMPT = (
     "longbody, lowres, bad anatomy, bad hands, missing fingers, extra digit, fewer digits, cropped, "
@@ -23,34 +26,16 @@ DEFAULT_NEGATIVE_PROMPT = (
 )
 DEFAULT_SEED = 42  # sampling.seed of the default config
 
-_DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-}
 # UNet/adapter config fields that must agree, or the adapter's residuals cannot be added to the UNet's skips.
 _FIT_KEYS = ("block_out_channels", "layers_per_block", "cross_attention_dim", "down_block_types")
 
 
-def resolve_dtype(dtype: Union[str, torch.dtype, None]) -> torch.dtype:
-    """torch.float32 for None, else a torch dtype or one of the names in _DTYPES ("fp16", "bf16", ...)."""
-    if dtype is None:
-        return torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    key = str(dtype).lower().removeprefix("torch.")
-    if key not in _DTYPES:
-        raise ValueError(f"Unknown dtype {dtype!r}: use one of {', '.join(_DTYPES)}.")
-    return _DTYPES[key]
-
-
-def _load_adapter(adapter: Union[str, os.PathLike, torch.nn.Module], trust_pickle: bool) -> torch.nn.Module:
-    if isinstance(adapter, torch.nn.Module):
-        return adapter
-    # Imported on use: the checkpoint formats are grpose.weights' business, not a dependency of sampling.
-    from .weights import load_adapter
-
-    return load_adapter(adapter, trust_pickle=trust_pickle)
+def sampling_options(sampling: Any, conditioning_scale: float = 1.0) -> dict[str, Any]:
+    """The keyword arguments of `GRPosePipeline.__call__` from a config's `sampling` section: the one translation
+    that sample grids, eval_pose.py and the benchmark share."""
+    return dict(negative_prompt=sampling.negative_prompt, num_inference_steps=int(sampling.num_inference_steps),
+                guidance_scale=float(sampling.guidance_scale), eta=float(sampling.eta),
+                conditioning_scale=float(conditioning_scale))
 
 
 def _check_adapter_fits(adapter: torch.nn.Module, unet: torch.nn.Module, source: str) -> None:
@@ -65,9 +50,9 @@ def _check_adapter_fits(adapter: torch.nn.Module, unet: torch.nn.Module, source:
         have = list(have) if isinstance(have, (list, tuple)) else have
         want = list(want) if isinstance(want, (list, tuple)) else want
         if have != want:
-            raise ValueError(
-                f"The adapter {source} was built for a UNet with {key}={have}, but the base UNet has {want}; "
-                "pass the arch the adapter was trained with (arch='tiny' for the demo, 'sd15' otherwise)."
+            raise ConfigError(
+                f"the adapter {source} was built for a UNet with {key}={have}, but the base UNet has {want}; "
+                "pass the arch the adapter was trained with (model.base of its training config)"
             )
 
 
@@ -76,6 +61,8 @@ class GRPosePipeline:
 
     The unconditional branch of classifier-free guidance uses the negative prompt and keeps the pose, as the
     reference sampler does: eps = eps_neg + s * (eps_prompt - eps_neg), both with the adapter's residuals.
+    Precision follows `grpose.precision`: the frozen parts in their stored dtype, the adapter in float32, autocast
+    to the frozen dtype when it is a half type.
     """
 
     def __init__(self, parts: StableDiffusionParts, adapter: torch.nn.Module, scheduler=None):
@@ -95,29 +82,31 @@ class GRPosePipeline:
         dtype: Union[str, torch.dtype, None] = None,
         trust_pickle: bool = False,
     ) -> "GRPosePipeline":
-        """Load everything offline and move it to `device` (default: CUDA when available) in `dtype` (default fp32).
+        """Load everything offline and move it to `device` (default: CUDA when available); the frozen parts are
+        stored in `dtype` (default fp32), the adapter stays float32 (see grpose.precision).
 
         `sd15_path`: a diffusers SD1.5 folder or single file (None builds random weights, for benchmarks).
-        `adapter_path`: what `grpose.weights.load_adapter` reads (a `save_pretrained` folder or a Lightning .ckpt),
-        or an adapter module already in memory. `base_unet`: any SD1.5-compatible UNet (single file, diffusers
+        `adapter_path`: any adapter file `grpose.weights.load_adapter` reads (a train.py .ckpt, an exported folder,
+        a grpose .safetensors), or an adapter module already in memory. `base_unet`: any SD1.5-compatible UNet (single file, diffusers
         UNet file or folder) that replaces SD1.5's UNet while the VAE and text encoder stay (paper Fig. 5).
         `scheduler`: "ddim" (the paper's sampler) or a diffusers scheduler class name, or a scheduler instance.
         `trust_pickle`: let an adapter .ckpt that holds more than tensors run its pickle (files you trust only).
         """
-        torch_dtype = resolve_dtype(dtype)
+        frozen_dtype = torch_dtype(dtype)
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        parts = build_sd15(arch, None if sd15_path is None else str(sd15_path), torch_dtype=torch_dtype)
+        parts = build_sd15(arch, None if sd15_path is None else str(sd15_path), torch_dtype=frozen_dtype)
         if base_unet is not None:
             parts.unet = load_unet(str(base_unet), arch)
-        adapter = _load_adapter(adapter_path, trust_pickle)
+        adapter = (adapter_path if isinstance(adapter_path, torch.nn.Module)
+                   else load_adapter(adapter_path, trust_pickle=trust_pickle))
         _check_adapter_fits(adapter, parts.unet, str(adapter_path) if not isinstance(adapter_path, torch.nn.Module)
                             else type(adapter_path).__name__)
         adapter.requires_grad_(False)
         adapter.eval()
         if isinstance(scheduler, str):
             scheduler = make_scheduler(scheduler)
-        return cls(parts, adapter, scheduler).to(device=device, dtype=torch_dtype)
+        return cls(parts, adapter, scheduler).to(device=device, dtype=frozen_dtype)
 
     @property
     def device(self) -> torch.device:
@@ -125,25 +114,31 @@ class GRPosePipeline:
 
     @property
     def dtype(self) -> torch.dtype:
+        """The frozen base's dtype: the one autocast computes in."""
         return next(self.parts.unet.parameters()).dtype
+
+    @property
+    def vae_factor(self) -> int:
+        """Image pixels per latent cell (8 for SD1.5)."""
+        return 2 ** (len(self.parts.vae.config.block_out_channels) - 1)
 
     @property
     def default_resolution(self) -> int:
         """The UNet's native image size (512 for SD1.5): latent sample_size times the VAE's downsampling."""
-        vae_factor = 2 ** (len(self.parts.vae.config.block_out_channels) - 1)
-        return int(self.parts.unet.config.sample_size) * vae_factor
+        return int(self.parts.unet.config.sample_size) * self.vae_factor
 
     @property
     def size_multiple(self) -> int:
         """Image sides must be multiples of this: the VAE's downsampling times the UNet's."""
-        vae_factor = 2 ** (len(self.parts.vae.config.block_out_channels) - 1)
-        return vae_factor * 2 ** (len(self.parts.unet.config.block_out_channels) - 1)
+        return self.vae_factor * 2 ** (len(self.parts.unet.config.block_out_channels) - 1)
 
     def to(self, device=None, dtype=None) -> "GRPosePipeline":
-        for module in (self.parts.unet, self.parts.vae, self.parts.text_encoder, self.adapter):
+        """Move everything to `device`; `dtype` is the frozen parts' storage dtype (the adapter stays float32)."""
+        for module in (self.parts.unet, self.parts.vae, self.parts.text_encoder):
             # nn.Module.to, not ModelMixin.to: diffusers warns on every dtype cast although none of these modules
             # keeps parts in float32.
             torch.nn.Module.to(module, device=device, dtype=dtype)
+        torch.nn.Module.to(self.adapter, device=device, dtype=torch.float32)
         return self
 
     @torch.no_grad()
@@ -154,54 +149,55 @@ class GRPosePipeline:
         """prompts: B strings; pose_images: B x 3 x H x W in [-1, 1]; seeds: B ints. Returns B x 3 x H x W in [-1, 1]."""
         batch = len(prompts)
         if pose_images.shape[0] != batch or len(seeds) != batch:
-            raise ValueError(f"got {batch} prompts, {pose_images.shape[0]} poses and {len(seeds)} seeds; "
+            raise PoseInputError(f"got {batch} prompts, {pose_images.shape[0]} poses and {len(seeds)} seeds; "
                              "they must match")
         multiple = self.size_multiple
         if pose_images.ndim != 4 or pose_images.shape[1] != 3 or pose_images.shape[-1] % multiple \
                 or pose_images.shape[-2] % multiple:
-            raise ValueError(f"pose_images must be B x 3 x H x W with H and W multiples of {multiple}, got "
+            raise PoseInputError(f"pose_images must be B x 3 x H x W with H and W multiples of {multiple}, got "
                              f"{tuple(pose_images.shape)}")
         step_parameters = _step_parameters(self.scheduler)
         if eta != 0.0 and "eta" not in step_parameters:
-            raise ValueError(f"eta={eta} only applies to DDIM; {type(self.scheduler).__name__} has no eta.")
+            raise ConfigError(f"eta={eta} only applies to DDIM; {type(self.scheduler).__name__} has no eta.")
         device, dtype = self.device, self.dtype
         was_training = self.adapter.training
         self.adapter.eval()
-        pose = pose_images.to(device=device, dtype=dtype)
-        latent_hw = (pose.shape[-2] // 8, pose.shape[-1] // 8)
-        channels = self.parts.unet.config.in_channels
-        # One CPU generator per image: the starting noise and any noise the sampler adds later come from the
-        # image's own seed, whatever the batch size or device.
-        generators = [torch.Generator("cpu").manual_seed(int(seed)) for seed in seeds]
-        latents = torch.stack([torch.randn((channels, *latent_hw), generator=g) for g in generators])
-        latents = latents.to(device=device, dtype=dtype)
+        with inference_autocast(device, dtype):
+            pose = pose_images.to(device=device, dtype=dtype)
+            latent_hw = (pose.shape[-2] // self.vae_factor, pose.shape[-1] // self.vae_factor)
+            channels = self.parts.unet.config.in_channels
+            # One CPU generator per image: the starting noise and any noise the sampler adds later come from the
+            # image's own seed, whatever the batch size or device.
+            generators = [torch.Generator("cpu").manual_seed(int(seed)) for seed in seeds]
+            latents = torch.stack([torch.randn((channels, *latent_hw), generator=g) for g in generators])
+            latents = latents.to(device=device, dtype=dtype)
 
-        use_cfg = guidance_scale != 1.0
-        text = encode_prompts(self.parts, list(prompts)).to(dtype)
-        if use_cfg:
-            negative = encode_prompts(self.parts, [negative_prompt] * batch).to(dtype)
-            text = torch.cat([negative, text])
-            pose = torch.cat([pose, pose])
-
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        latents = latents * self.scheduler.init_noise_sigma
-        step_kwargs = {}
-        if "eta" in step_parameters:
-            step_kwargs["eta"] = eta
-        if "generator" in step_parameters:
-            step_kwargs["generator"] = generators
-        pose_condition = self.adapter.encode_pose(pose)  # timestep-independent: once per call, not per step
-        for t in tqdm(self.scheduler.timesteps, desc="sampling", disable=not progress, leave=False):
-            model_in = torch.cat([latents, latents]) if use_cfg else latents
-            model_in = self.scheduler.scale_model_input(model_in, t)
-            down, mid = self.adapter(model_in, t, text, pose_condition, conditioning_scale=conditioning_scale)
-            eps = self.parts.unet(model_in, t, encoder_hidden_states=text, down_block_additional_residuals=down,
-                                  mid_block_additional_residual=mid).sample
+            use_cfg = guidance_scale != 1.0
+            text = encode_prompts(self.parts, list(prompts)).to(dtype)
             if use_cfg:
-                eps_negative, eps_prompt = eps.chunk(2)
-                eps = eps_negative + guidance_scale * (eps_prompt - eps_negative)
-            latents = self.scheduler.step(eps, t, latents, **step_kwargs).prev_sample
-        images = self.decode(latents)
+                negative = encode_prompts(self.parts, [negative_prompt] * batch).to(dtype)
+                text = torch.cat([negative, text])
+                pose = torch.cat([pose, pose])
+
+            self.scheduler.set_timesteps(num_inference_steps, device=device)
+            latents = latents * self.scheduler.init_noise_sigma
+            step_kwargs = {}
+            if "eta" in step_parameters:
+                step_kwargs["eta"] = eta
+            if "generator" in step_parameters:
+                step_kwargs["generator"] = generators
+            pose_condition = self.adapter.encode_pose(pose)  # timestep-independent: once per call, not per step
+            for t in tqdm(self.scheduler.timesteps, desc="sampling", disable=not progress, leave=False):
+                model_in = torch.cat([latents, latents]) if use_cfg else latents
+                model_in = self.scheduler.scale_model_input(model_in, t)
+                down, mid = self.adapter(model_in, t, text, pose_condition, conditioning_scale=conditioning_scale)
+                eps = self.parts.unet(model_in, t, encoder_hidden_states=text, down_block_additional_residuals=down,
+                                      mid_block_additional_residual=mid).sample
+                if use_cfg:
+                    eps_negative, eps_prompt = eps.chunk(2)
+                    eps = eps_negative + guidance_scale * (eps_prompt - eps_negative)
+                latents = self.scheduler.step(eps, t, latents, **step_kwargs).prev_sample
+            images = self.decode(latents)
         self.adapter.train(was_training)
         return images
 
@@ -213,7 +209,7 @@ class GRPosePipeline:
         """`poses`: one pose input or a list/tuple of them (anything `grpose.pose_inputs.load_pose` accepts)."""
         resolution = resolution or self.default_resolution
         if resolution % self.size_multiple:
-            raise ValueError(f"resolution must be a multiple of {self.size_multiple}, got {resolution}")
+            raise ConfigError(f"resolution must be a multiple of {self.size_multiple}, got {resolution}")
         items = list(poses) if _is_pose_list(poses) else [poses]
         return [load_pose(p, resolution=resolution, **pose_kwargs) for p in items]
 
@@ -254,7 +250,7 @@ class GRPosePipeline:
         for name, values in lists.items():
             if len(values) not in (1, batch):
                 sizes = ", ".join(f"{len(v)} {n}" for n, v in lists.items())
-                raise ValueError(f"got {sizes}; each must be one or as many as the longest ({batch})")
+                raise PoseInputError(f"got {sizes}; each must be one or as many as the longest ({batch})")
             if len(values) == 1:
                 lists[name] = values * batch
         step = batch_size or batch

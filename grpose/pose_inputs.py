@@ -19,6 +19,7 @@ from PIL import Image
 
 from grpose.data.humanart import BadSampleError, load_pose_npz, resize_and_crop
 from grpose.data.skeleton import pack_persons, pose_image_to_tensor, render_skeleton, tensor_to_uint8
+from .errors import MissingFileError, PoseInputError
 
 log = logging.getLogger(__name__)
 
@@ -32,17 +33,13 @@ ACCEPTED_FORMATS = (
     f"a rendered skeleton image ({', '.join(IMAGE_SUFFIXES)}), used as is",
 )
 
-# The reference renders limbs 10 px wide on a 512 px canvas (SPEC section 4).
+# The reference renders limbs 10 px wide on a 512 px canvas.
 REFERENCE_SKELETON_WIDTH = 10
 REFERENCE_RESOLUTION = 512
 # A rendered skeleton is mostly black background; anything brighter than this is probably a photo.
 _MAX_SKELETON_COVERAGE = 0.5
 
 PoseLike = Union["PoseCondition", str, os.PathLike, np.ndarray, torch.Tensor, Image.Image, Sequence]
-
-
-class PoseInputError(ValueError):
-    """A pose input that cannot be read or understood; the message names it and lists the accepted formats."""
 
 
 def _formats_hint() -> str:
@@ -324,7 +321,7 @@ def load_pose(
     if isinstance(pose, (str, os.PathLike)):
         path = Path(pose)
         if not path.is_file():
-            raise FileNotFoundError(f"pose file {path} does not exist; {_formats_hint()}")
+            raise MissingFileError(f"pose file {path} does not exist; {_formats_hint()}")
         suffix = path.suffix.lower()
         if suffix in IMAGE_SUFFIXES:
             try:

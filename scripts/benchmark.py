@@ -15,21 +15,24 @@ import platform
 import statistics
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+import torch
+from omegaconf import DictConfig
+from torch.utils.flop_counter import FlopCounterMode
 
-import grpose.models.gcn as gcn_module  # noqa: E402
-from grpose.config import ConfigError, ModelConfig, SamplingConfig, load_config  # noqa: E402
-from grpose.data.synthetic import SyntheticPoseDataset  # noqa: E402
-from grpose.lit_module import GRPoseLitModule  # noqa: E402
-from grpose.models.pgi import ProgressiveGraphIntegrator  # noqa: E402
+from grpose.cli import run
+from grpose.config import ModelConfig, SamplingConfig, load_config
+from grpose.errors import ConfigError
+from grpose.data.synthetic import SyntheticPoseDataset
+from grpose.lit_module import GRPoseLitModule
+from grpose.models.knn_graph import KNN_PROFILER_RANGE
+from grpose.models.pgi import ProgressiveGraphIntegrator
+from grpose.precision import autocast_dtype
 
 ADAPTERS = ("grpose", "controlnet")
 # Dense (no sparsity) bf16 tensor-core peaks from NVIDIA's datasheets, TFLOP/s. First match on the device name
@@ -45,7 +48,6 @@ PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
 TARGET_PGI_OVERHEAD = 0.25  # GRPose step time at most 25 % above the ControlNet step
 TARGET_SAMPLING_RATIO = 1.15
 TARGET_MFU = 0.40
-AUTOCAST_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -235,23 +237,24 @@ class ModuleTimer:
             handle.remove()
 
 
-@contextlib.contextmanager
-def timed_knn(clock: Clock) -> Iterator[list[float]]:
-    """Replace `grpose.models.gcn.knn_graph` (the name GraphConv calls) by a timed wrapper; yields [seconds]."""
-    original = gcn_module.knn_graph
-    total = [0.0]
-
-    def knn_graph(*args, **kwargs):
-        start = clock.now()
-        result = original(*args, **kwargs)
-        total[0] += clock.now() - start
-        return result
-
-    gcn_module.knn_graph = knn_graph
-    try:
-        yield total
-    finally:
-        gcn_module.knn_graph = original
+def knn_seconds(step: Callable[[], object], steps: int, device: torch.device) -> tuple[float, float]:
+    """(seconds inside the model's KNN profiler range, total profiled seconds) over `steps` calls of `step`, read
+    from torch.profiler; device time on CUDA, CPU time elsewhere."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        total = time.perf_counter() - start
+    knn_us = 0.0
+    for event in prof.key_averages():
+        if event.key == KNN_PROFILER_RANGE:
+            knn_us = event.device_time_total if device.type == "cuda" else event.cpu_time_total
+    return knn_us / 1e6, total
 
 
 # ---- one adapter ------------------------------------------------------------------------------------------
@@ -286,9 +289,10 @@ def synthetic_batch(batch_size: int, resolution: int, seed: int) -> dict:
 
 
 def precision_context(precision: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
-    """What Lightning's precision plugin does around the forward pass: autocast for the mixed modes."""
-    if precision in AUTOCAST_DTYPES:
-        return lambda: torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision])
+    """What Lightning's precision plugin does around the training step: autocast for the mixed modes."""
+    dtype = autocast_dtype(precision)
+    if dtype is not None:
+        return lambda: torch.autocast(device.type, dtype=dtype)
     if precision in ("32-true", "32"):
         return contextlib.nullcontext
     raise ConfigError(f"trainer.precision={precision} is not supported by the benchmark; use 32-true, bf16-mixed "
@@ -296,8 +300,8 @@ def precision_context(precision: str, device: torch.device) -> Callable[[], cont
 
 
 class StepRunner:
-    """A bare training step: the lit module's loss, backward and its own optimizer (no Lightning loop, no data
-    loading), so the numbers isolate the model."""
+    """A bare training step: the lit module's own `training_step`, backward and its own optimizer (no Lightning
+    loop, no data loading), so the numbers isolate the model."""
 
     def __init__(self, model: GRPoseLitModule, batch: dict, precision: str, device: torch.device, seed: int):
         self.model = model
@@ -305,11 +309,12 @@ class StepRunner:
         self.autocast = precision_context(precision, device)
         self.optimizer = model.configure_optimizers()
         self.scaler = torch.amp.GradScaler(device.type) if precision == "16-mixed" else None
-        self.generator = torch.Generator(device).manual_seed(seed)
 
     def forward_backward(self) -> torch.Tensor:
-        with self.autocast():
-            loss = self.model.compute_loss(self.batch, self.generator)["loss"]
+        with self.autocast(), warnings.catch_warnings():
+            # training_step logs its losses; without a Trainer Lightning only warns that nothing is recorded.
+            warnings.filterwarnings("ignore", message=r".*self\.log\(\)")
+            loss = self.model.training_step(self.batch, 0)
         if not torch.isfinite(loss):
             raise RuntimeError(f"the training loss is {loss.item()}: the benchmarked configuration diverges")
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
@@ -340,7 +345,7 @@ def device_peak_tflops(device: torch.device, override: Optional[float]) -> Optio
 def benchmark_adapter(cfg: DictConfig, args: argparse.Namespace, device: torch.device, log) -> AdapterResult:
     clock = Clock(device)
     torch.manual_seed(cfg.trainer.seed)  # the same random frozen base for every adapter
-    model = GRPoseLitModule(cfg).to(device)
+    model = GRPoseLitModule.from_config(cfg).to(device)
     model.setup("fit")
     model.train()
     batch_size, resolution = cfg.data.batch_size, cfg.data.resolution
@@ -372,12 +377,12 @@ def benchmark_adapter(cfg: DictConfig, args: argparse.Namespace, device: torch.d
     pgis = [m for m in model.adapter.modules() if isinstance(m, ProgressiveGraphIntegrator)]
     if pgis and not cfg.model.compile:
         timer = ModuleTimer(pgis, clock, backward=not cfg.model.gradient_checkpointing)
-        with timed_knn(clock) as knn_s:
-            total = sum(clock.time(runner.step) for _ in range(args.steps))
+        total = sum(clock.time(runner.step) for _ in range(args.steps))
         timer.remove()
         pgi_fwd = timer.forward_s / total
         pgi_bwd = None if cfg.model.gradient_checkpointing else timer.backward_s / total
-        knn = knn_s[0] / total
+        knn_s, profiled_s = knn_seconds(runner.step, args.steps, device)
+        knn = knn_s / profiled_s
 
     # FlopCounterMode counts matmul / conv / attention FLOPs of the forward and backward (not the optimizer).
     counter = FlopCounterMode(display=False)
@@ -388,7 +393,7 @@ def benchmark_adapter(cfg: DictConfig, args: argparse.Namespace, device: torch.d
     achieved = flops / step_s / 1e12
     peak_tflops = device_peak_tflops(device, args.peak_tflops)
 
-    sample_times = sample_seconds(model, cfg, args, clock, runner.autocast, log)
+    sample_times = sample_seconds(model, cfg, args, clock, log)
     n_sample = cfg.data.val_batch_size
     result = AdapterResult(
         adapter=name, trainable_params=sum(p.numel() for p in model.adapter.parameters() if p.requires_grad),
@@ -406,7 +411,7 @@ def benchmark_adapter(cfg: DictConfig, args: argparse.Namespace, device: torch.d
     return result
 
 
-def sample_seconds(model: GRPoseLitModule, cfg: DictConfig, args: argparse.Namespace, clock: Clock, autocast,
+def sample_seconds(model: GRPoseLitModule, cfg: DictConfig, args: argparse.Namespace, clock: Clock,
                    log) -> list[float]:
     """Wall seconds of DDIM sampling calls (sampling.num_inference_steps, CFG at sampling.guidance_scale)."""
     n = cfg.data.val_batch_size
@@ -414,9 +419,8 @@ def sample_seconds(model: GRPoseLitModule, cfg: DictConfig, args: argparse.Names
     seeds = list(range(n))
 
     def run(**overrides):
-        # The training precision applies to sampling too (a bf16 frozen base with an fp32 adapter needs autocast).
-        with autocast():
-            model.sample(batch["prompt"], batch["hint"], seeds, **overrides)
+        # The pipeline applies the precision policy itself (grpose.precision): frozen dtype, autocast.
+        model.sample(batch["prompt"], batch["hint"], seeds, **overrides)
 
     if args.warmup:
         clock.time(lambda: run(num_inference_steps=1))
@@ -431,7 +435,7 @@ def sample_seconds(model: GRPoseLitModule, cfg: DictConfig, args: argparse.Names
 def meta_step_flops(cfg: DictConfig) -> float:
     """FLOPs of one training step's forward + backward, counted on the meta device: shapes only, no memory."""
     with torch.device("meta"):
-        model = GRPoseLitModule(cfg)
+        model = GRPoseLitModule.from_config(cfg)
     model.to(torch.device("meta"))  # also moves the LightningModule's notion of its device
     model.train()
     n, res = cfg.data.batch_size, cfg.data.resolution
@@ -607,7 +611,4 @@ def _write(path: Optional[str], markdown: str, log) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except ConfigError as err:
-        sys.exit(f"error: {err}")
+    sys.exit(run(main))

@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from grpose.data.humanart import (  # noqa: E402
+from grpose.cli import run
+from grpose.errors import MissingFileError
+from grpose.data.humanart import (
     BadSampleError,
     MappingEntry,
     humanart_scenario,
@@ -131,14 +132,9 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     root = Path(args.root)
     if not root.is_dir():
-        print(f"error: dataset folder {root} does not exist", file=sys.stderr)
-        return 1
-    try:
-        mapping_path = resolve_mapping_path(root, args.mapping)
-        entries = load_mapping(mapping_path)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        raise MissingFileError(f"dataset folder {root} does not exist")
+    mapping_path = resolve_mapping_path(root, args.mapping)
+    entries = load_mapping(mapping_path)
     if args.max_samples is not None:
         entries = entries[: max(0, args.max_samples)]
     print(f"checking {len(entries)} entries of {mapping_path} under {root}")
@@ -160,4 +156,4 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

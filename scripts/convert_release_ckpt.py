@@ -13,16 +13,10 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing grpose
-
-from grpose.config import ConfigError, load_config  # noqa: E402
-from grpose.weights import (  # noqa: E402
-    WeightsError,
-    convert_release_checkpoint,
-    format_dropped,
-    format_key_groups,
-    refuse_overwrite,
-)
+from grpose.cli import run
+from grpose.config import load_config
+from grpose.weights import convert_release_checkpoint, format_dropped, format_key_groups
+from grpose.weights.loader import refuse_overwrite
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -60,7 +54,4 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ConfigError, FileNotFoundError, FileExistsError, WeightsError) as err:
-        sys.exit(f"error: {err}")
+    sys.exit(run(main))

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Optional
 
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing grpose
-
-from grpose.config import ConfigError, load_config  # noqa: E402
-from grpose.models.adapter import count_parameters  # noqa: E402
-from grpose.weights import WeightsError, export_adapter  # noqa: E402
+from grpose.cli import run
+from grpose.config import load_config
+from grpose.models.adapter import count_parameters
+from grpose.errors import ConfigError
+from grpose.weights import export_adapter
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -39,14 +38,11 @@ def main(argv: Optional[list[str]] = None) -> nn.Module:
     if args.overrides and args.config is None:
         raise ConfigError("key=value overrides apply to --config; pass --config too")
     model_cfg = load_config(args.config, args.overrides).model if args.config else None
-    adapter = export_adapter(args.checkpoint, args.out_dir, model_cfg, overwrite=args.force,
+    adapter = export_adapter(args.checkpoint, args.out_dir, expected=model_cfg, overwrite=args.force,
                              trust_pickle=args.trust_pickle)
     print(f"wrote {type(adapter).__name__} ({count_parameters(adapter) / 1e6:.2f} M parameters) to {args.out_dir}")
     return adapter
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ConfigError, FileNotFoundError, FileExistsError, WeightsError) as err:
-        sys.exit(f"error: {err}")
+    sys.exit(run(main))

@@ -13,11 +13,12 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from grpose.data.humanart import MappingEntry, load_mapping  # noqa: E402
+from grpose.cli import run
+from grpose.data.humanart import MappingEntry, load_mapping
+from grpose.errors import ConfigError, MissingFileError
 
 
 def split_mapping(
@@ -25,9 +26,9 @@ def split_mapping(
 ) -> tuple[list[MappingEntry], list[MappingEntry]]:
     """Disjoint random subsets; depends only on the set of ids and the seed, not on the file's entry order."""
     if n_train < 0 or n_test < 0:
-        raise ValueError(f"--train and --test must be >= 0, got {n_train} and {n_test}")
+        raise ConfigError(f"--train and --test must be >= 0, got {n_train} and {n_test}")
     if n_train + n_test > len(entries):
-        raise ValueError(f"the mapping has {len(entries)} usable entries, fewer than --train {n_train} + --test "
+        raise ConfigError(f"the mapping has {len(entries)} usable entries, fewer than --train {n_train} + --test "
                          f"{n_test} = {n_train + n_test}; ask for fewer")
     ordered = sorted(entries, key=lambda e: e.id)
     perm = np.random.default_rng(seed).permutation(len(ordered))
@@ -52,24 +53,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--root", default=None, help="dataset folder: draw only entries whose files exist there")
     args = parser.parse_args(argv)
 
-    try:
-        entries = load_mapping(args.mapping)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    entries = load_mapping(args.mapping)
     total = len(entries)
     if args.root is not None:
         root = Path(args.root)
         if not root.is_dir():
-            print(f"error: --root {root} is not a folder", file=sys.stderr)
-            return 1
+            raise MissingFileError(f"--root {root} is not a folder")
         entries = [e for e in entries if (root / e.img_path).is_file() and (root / e.pose_path).is_file()]
         print(f"{len(entries)} of {total} entries have both files under {root}")
-    try:
-        train, test = split_mapping(entries, args.train, args.test, args.seed)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    train, test = split_mapping(entries, args.train, args.test, args.seed)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_mapping(train, out / "train.json")
@@ -80,4 +72,4 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

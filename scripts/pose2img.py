@@ -1,4 +1,4 @@
-"""Generate images from a prompt and a pose with a trained GRPose adapter on a frozen SD1.5 (SPEC section 6).
+"""Generate images from a prompt and a pose with a trained GRPose adapter on a frozen SD1.5.
 
 Single pose:  python scripts/pose2img.py --sd15 SD15 --adapter ADAPTER --prompt TEXT --pose FILE [--num-images N]
 Batch mode:   python scripts/pose2img.py --sd15 SD15 --adapter ADAPTER --mapping MAPPING.json --root DATASET_DIR
@@ -17,17 +17,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
 
-from grpose.data.humanart import load_mapping, resolve_mapping_path  # noqa: E402
-from grpose.data.skeleton import overlay_pose  # noqa: E402
-from grpose.pipeline import DEFAULT_NEGATIVE_PROMPT, GRPosePipeline, images_to_uint8  # noqa: E402
-from grpose.pose_inputs import ACCEPTED_FORMATS, PoseCondition, load_pose  # noqa: E402
+from grpose.data.humanart import load_mapping, resolve_mapping_path
+from grpose.data.skeleton import overlay_pose
+from grpose.pipeline import DEFAULT_NEGATIVE_PROMPT, GRPosePipeline, images_to_uint8
+from grpose.pose_inputs import ACCEPTED_FORMATS, PoseCondition, load_pose
+from grpose.cli import run
+from grpose.errors import ConfigError, DataError, MissingFileError
+from grpose.sd15 import ARCHS
 
 log = logging.getLogger("pose2img")
 
@@ -70,7 +72,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                                              "folder) replacing SD1.5's UNet (paper Fig. 5)")
     weights.add_argument("--trust-pickle", action="store_true",
                          help="allow an adapter .ckpt holding more than tensors (runs its pickle: trusted files only)")
-    weights.add_argument("--arch", default="sd15", choices=("sd15", "tiny"), help="architecture of the weights")
+    weights.add_argument("--arch", default="sd15", choices=ARCHS, help="architecture of the weights (model.base)")
 
     single = parser.add_argument_group("single pose")
     single.add_argument("--prompt", help="text prompt")
@@ -147,20 +149,20 @@ def mapping_jobs(args: argparse.Namespace) -> list[Job]:
     """One job per mapping entry; the keypoints' frame is the entry's image, whose header gives its size."""
     root = Path(args.root)
     if not root.is_dir():
-        raise FileNotFoundError(f"--root {root} is not a folder")
+        raise MissingFileError(f"--root {root} is not a folder")
     entries = load_mapping(resolve_mapping_path(root, args.mapping))
     if not entries:
-        raise ValueError(f"mapping {args.mapping} has no entries")
+        raise DataError(f"mapping {args.mapping} has no entries")
     jobs = []
     for index, entry in enumerate(entries[: args.limit]):
         pose_path = root / entry.pose_path
         if not pose_path.is_file():
-            raise FileNotFoundError(f"mapping entry {entry.id!r}: pose file {pose_path} does not exist")
+            raise MissingFileError(f"mapping entry {entry.id!r}: pose file {pose_path} does not exist")
         jobs.append(Job(safe_name(entry.id), entry.prompt, str(pose_path), _source_size(root, entry, args),
                         args.seed + index))
     names = [j.name for j in jobs]
     if len(set(names)) != len(names):
-        raise ValueError(f"mapping {args.mapping}: ids collide once made file names safe; rename the entries")
+        raise DataError(f"mapping {args.mapping}: ids collide once made file names safe; rename the entries")
     return jobs
 
 
@@ -172,7 +174,7 @@ def _source_size(root: Path, entry, args: argparse.Namespace) -> tuple[int, int]
         with Image.open(image_path) as img:  # reads the header only
             return img.size
     except (OSError, ValueError) as err:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"mapping entry {entry.id!r}: cannot read the size of {image_path} ({err}), which the pose's keypoints "
             "refer to; restore the image or pass --pose-size WIDTH HEIGHT"
         ) from err
@@ -183,7 +185,7 @@ def output_paths(out: Path, job: Job) -> dict[str, Path]:
             "overlay": out / f"{job.name}_{job.seed}_overlay.png"}
 
 
-def run(args: argparse.Namespace) -> list[Path]:
+def generate(args: argparse.Namespace) -> list[Path]:
     """Generate every job; returns the written image paths."""
     jobs = mapping_jobs(args) if args.mapping else single_jobs(args)
     out = Path(args.out)
@@ -208,7 +210,7 @@ def run(args: argparse.Namespace) -> list[Path]:
                                           scheduler=args.scheduler, device=args.device, dtype=args.dtype,
                                           trust_pickle=args.trust_pickle)
     if args.resolution % pipe.size_multiple:
-        raise ValueError(f"--resolution must be a multiple of {pipe.size_multiple}, got {args.resolution}")
+        raise ConfigError(f"--resolution must be a multiple of {pipe.size_multiple}, got {args.resolution}")
     out.mkdir(parents=True, exist_ok=True)
     settings = {"steps": args.steps, "guidance": args.guidance, "eta": args.eta, "scheduler": args.scheduler,
                 "negative_prompt": args.negative_prompt, "conditioning_scale": args.conditioning_scale,
@@ -242,13 +244,9 @@ def run(args: argparse.Namespace) -> list[Path]:
 def main(argv: Optional[Sequence[str]] = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    try:
-        written = run(args)
-    except (OSError, ValueError) as err:
-        # Missing files and unusable inputs: the message names the file and the fix, a traceback adds nothing.
-        sys.exit(f"pose2img: error: {err}")
+    written = generate(args)
     print(f"wrote {len(written)} image(s) to {args.out}")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run(main))

@@ -82,3 +82,20 @@ def tiny_clip(tmp_path_factory):
     model.save_pretrained(folder)
     CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
     return folder
+
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def load_entry_point(relative_path: str):
+    """Import a command-line entry point (`train.py`, `scripts/pose2img.py`, ...) as a module, to call its `main`."""
+    import importlib.util
+    import sys
+
+    path = REPO / relative_path
+    name = "_entry_" + relative_path.replace("/", "_").removesuffix(".py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from grpose.cli import run
 from grpose.data.humanart import save_pose_npz
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,7 +71,7 @@ def table_rows(output):
 
 
 def test_check_dataset_counts_problems(humanart_like, capsys):
-    assert check_dataset.main([str(humanart_like), "mapping.json", "--workers", "2"]) == 1
+    assert run(check_dataset.main, [str(humanart_like), "mapping.json", "--workers", "2"]) == 1
     out = capsys.readouterr().out
     rows = table_rows(out)
     # samples, missing img, bad img, missing pose, bad pose, no person, persons/img, max persons, kpts/person
@@ -86,12 +87,12 @@ def test_check_dataset_passes_a_clean_folder_and_limits_samples(humanart_like, c
     mapping = json.loads((humanart_like / "mapping.json").read_text())
     clean = {k: v for k, v in mapping.items() if k in ("c1", "c2", "d1", "d2")}
     (humanart_like / "clean.json").write_text(json.dumps(clean))
-    assert check_dataset.main([str(humanart_like), "clean.json"]) == 0
+    assert run(check_dataset.main, [str(humanart_like), "clean.json"]) == 0
     assert "all samples readable" in capsys.readouterr().out
-    assert check_dataset.main([str(humanart_like), "mapping.json", "--max-samples", "3"]) == 0
+    assert run(check_dataset.main, [str(humanart_like), "mapping.json", "--max-samples", "3"]) == 0
     out = capsys.readouterr().out
     assert "checking 3 entries" in out and table_rows(out)["TOTAL"][0] == "3"
-    assert check_dataset.main([str(humanart_like), "missing.json"]) == 1
+    assert run(check_dataset.main, [str(humanart_like), "missing.json"]) == 1
 
 
 def test_check_dataset_runs_from_the_repo_root(humanart_like):
@@ -132,12 +133,12 @@ def test_split_ignores_entry_order(laion_mapping, tmp_path):
     reversed_path = tmp_path / "reversed.json"
     reversed_path.write_text(json.dumps(dict(reversed(list(full.items())))))
     for path, out in ((laion_mapping, "a"), (reversed_path, "b")):
-        assert make_laion_split.main([str(path), str(tmp_path / out), "--train", "5", "--test", "5"]) == 0
+        assert run(make_laion_split.main, [str(path), str(tmp_path / out), "--train", "5", "--test", "5"]) == 0
     assert read_split(tmp_path / "a") == read_split(tmp_path / "b")
 
 
 def test_split_refuses_too_few_entries(laion_mapping, tmp_path, capsys):
-    assert make_laion_split.main([str(laion_mapping), str(tmp_path / "o"), "--train", "45", "--test", "10"]) == 1
+    assert run(make_laion_split.main, [str(laion_mapping), str(tmp_path / "o"), "--train", "45", "--test", "10"]) == 1
     assert "50 usable entries" in capsys.readouterr().err
     assert not (tmp_path / "o" / "train.json").exists()
 
@@ -150,11 +151,11 @@ def test_split_with_root_keeps_only_downloaded_entries(laion_mapping, tmp_path):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(b"x")
     (root / "pose/00000/000000007.npz").unlink()  # image without pose: not usable
-    assert make_laion_split.main([str(laion_mapping), str(root), "--train", "5", "--test", "2",
+    assert run(make_laion_split.main, [str(laion_mapping), str(root), "--train", "5", "--test", "2",
                                   "--root", str(root)]) == 0
     train, test = read_split(root)
     assert set(train) | set(test) == {f"00000_{i:09d}" for i in range(7)}
-    assert make_laion_split.main([str(laion_mapping), str(root), "--train", "5", "--test", "3",
+    assert run(make_laion_split.main, [str(laion_mapping), str(root), "--train", "5", "--test", "3",
                                   "--root", str(root)]) == 1
 
 

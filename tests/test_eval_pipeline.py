@@ -17,7 +17,9 @@ import eval_pose
 from grpose.config import ConfigError, load_config
 from grpose.data.synthetic import SyntheticPoseDataset
 from grpose.eval.clip_score import clip_score
-from grpose.eval.generate import RunLayout, image_filename, load_eval_config, read_manifest, sample_seed
+from grpose.eval.generate import PipelineGenerator, sample_seed
+from grpose.eval.run_layout import RunLayout, image_filename, read_manifest
+from grpose.eval.settings import resolve_eval_settings
 from grpose.eval.quality import fid_kid
 from grpose.eval.report import TABLE1_COLUMNS, render_markdown, score_run, table1_row
 from grpose.lit_module import GRPoseLitModule
@@ -60,7 +62,7 @@ def tiny_checkpoint(tmp_path_factory):
     """A Lightning checkpoint of a tiny model with a perturbed adapter (zero convs included): it changes the image."""
     folder = tmp_path_factory.mktemp("ckpt")
     torch.manual_seed(0)
-    module = GRPoseLitModule(load_config(None, OVERRIDES))
+    module = GRPoseLitModule.from_config(load_config(None, OVERRIDES))
     with torch.no_grad():
         for p in module.adapter.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -101,14 +103,14 @@ def resumed_run(tiny_checkpoint, tiny_clip, tmp_path_factory):
     out = tmp_path_factory.mktemp("outputs")
     layout = RunLayout(out / "tiny_eval")
     generated = []  # the seed of every image the model generates (one per sample id)
-    original = GRPoseLitModule.sample
+    original = PipelineGenerator.sample
 
     def counting_sample(self, prompts, pose_images, seeds, **kwargs):
         generated.extend(seeds)
         return original(self, prompts, pose_images, seeds, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(GRPoseLitModule, "sample", counting_sample)
+        patch.setattr(PipelineGenerator, "sample", counting_sample)
         ckpt = ["--ckpt", str(folder / "tiny.ckpt")]
         run(folder, out, *ckpt, "--limit", "3", "--metrics", "none", "eval.batch_size=1")
         seeds_first = list(generated)
@@ -170,7 +172,7 @@ def test_pngs_are_the_checkpoint_samples_and_do_not_depend_on_batch_size(resumed
         assert one.shape == (64, 64, 3) and diff.max() <= 1 and (diff > 0).mean() < 0.01
     assert np.abs(stored[0] - stored[1]).mean() > 5  # different seeds and poses: really different images
     # Without the checkpoint's adapter weights the same seed gives another image: the checkpoint was loaded.
-    fresh = GRPoseLitModule(load_config(None, [*OVERRIDES, f"model.pretrained={folder / 'sd'}"])).eval()
+    fresh = GRPoseLitModule.from_config(load_config(None, [*OVERRIDES, f"model.pretrained={folder / 'sd'}"])).eval()
     other = images_to_uint8(fresh.sample([samples[0]["prompt"]], samples[0]["hint"][None], seeds[:1]))[0].numpy()
     assert np.abs(stored[0] - other).mean() > 2
 
@@ -261,7 +263,7 @@ def test_score_only_on_a_folder_of_images(tiny_clip, tmp_path):
     assert report["table1"]["CLIP-Score"] == pytest.approx(
         clip_score(crops, [r["prompt"] for r in records], tiny_clip, protocol="standard", progress=False))
 
-    eval_cfg = load_eval_config(load_config(None, [*OVERRIDES, "eval.metrics=[pose]", "eval.protocol=standard",
+    eval_cfg = resolve_eval_settings(load_config(None, [*OVERRIDES, "eval.metrics=[pose]", "eval.protocol=standard",
                                                    "eval.min_scenario_images=1"]))
     pose = score_run(records, layout, eval_cfg, image_size=64, pose_estimator=GroundTruthEstimator(crops, poses),
                      progress=False)["pose"]

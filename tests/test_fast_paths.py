@@ -18,7 +18,7 @@ FROZEN = ("unet", "vae", "text_encoder")
 def make_model(tiny_cfg, *overrides, source=None) -> GRPoseLitModule:
     """A tiny lit module; with `source`, every weight (frozen and adapter) is copied from it."""
     torch.manual_seed(0)
-    model = GRPoseLitModule(tiny_cfg(*overrides))
+    model = GRPoseLitModule.from_config(tiny_cfg(*overrides))
     if source is not None:
         for name in (*FROZEN, "adapter"):
             getattr(model, name).load_state_dict(getattr(source, name).state_dict())
@@ -176,7 +176,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_cfg, synthetic_bat
 def test_frozen_bf16_weights_train_a_step_with_bf16_mixed(tiny_cfg):
     cfg = tiny_cfg("model.frozen_dtype=bf16", "trainer.precision=bf16-mixed")
     torch.manual_seed(0)
-    model = GRPoseLitModule(cfg)
+    model = GRPoseLitModule.from_config(cfg)
     assert all(p.dtype == torch.bfloat16 for name in FROZEN for p in getattr(model, name).parameters())
     frozen_before = {n: p.clone() for n, p in model.unet.named_parameters()}
     adapter_before = {n: p.clone() for n, p in model.adapter.named_parameters()}

@@ -18,11 +18,11 @@ POSE = ["loss.pose_perception.network_checkpoint=null", "loss.pose_perception.in
 def modules(tiny_cfg, *pose_overrides):
     """A module without L_p and one with it, sharing frozen parts and identical (non-zero) adapter weights."""
     torch.manual_seed(0)
-    plain = GRPoseLitModule(tiny_cfg())
+    plain = GRPoseLitModule.from_config(tiny_cfg())
     with torch.no_grad():  # open the zero convs so that gradients reach the whole adapter
         for p in plain.adapter.parameters():
             p.add_(1e-2 * torch.randn_like(p))
-    with_pose = GRPoseLitModule(tiny_cfg(*POSE, *pose_overrides), parts=plain.sd)
+    with_pose = GRPoseLitModule.from_config(tiny_cfg(*POSE, *pose_overrides), parts=plain.sd)
     with_pose.adapter.load_state_dict(plain.adapter.state_dict())
     # mmpose's random init makes MobileNetV2 features vanish (~1e-9 at 64 px), and with them L_p's gradient;
     # a Kaiming init stands in for trained weights with O(1) features.

@@ -40,7 +40,7 @@ def test_preset_runs_one_training_step(preset, synthetic_batch, tiny_parts):
     assert cfg.loss.pose_perception.alpha == full.loss.pose_perception.alpha
     if cfg.loss.pose_perception.alpha > 0:
         pytest.importorskip("mmpose", reason="pose-loss presets need mmpose (bash scripts/install_mmpose.sh)")
-    module = GRPoseLitModule(cfg, parts=tiny_parts)
+    module = GRPoseLitModule.from_config(cfg, parts=tiny_parts)
     optimizer = module.configure_optimizers()
     losses = module.compute_loss(synthetic_batch(2))
     assert torch.isfinite(losses["loss"])

@@ -14,7 +14,7 @@ from grpose.data.skeleton import (
     tensor_to_uint8,
 )
 
-# reference-notes.md section 5 (seaborn hls palette, 16 hues, h=.01 l=.6 s=.65, int(255 * c)).
+# The release's palette (seaborn hls palette, 16 hues, h=.01 l=.6 s=.65, int(255 * c)).
 REFERENCE_COLORS = [
     (219, 94, 86), (219, 144, 86), (219, 194, 86), (194, 219, 86),
     (145, 219, 86), (95, 219, 86), (86, 219, 127), (86, 219, 177),

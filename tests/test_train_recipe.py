@@ -62,7 +62,7 @@ def test_full_size_presets_point_at_weights_with_clear_error(tmp_path):
     from grpose.lit_module import GRPoseLitModule
 
     with pytest.raises(Exception, match="missing.safetensors"):
-        GRPoseLitModule(cfg)
+        GRPoseLitModule.from_config(cfg)
 
 
 def test_auto_precision_resolves_at_load_time():

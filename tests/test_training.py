@@ -8,7 +8,7 @@ from grpose.losses.diffusion import diffusion_loss, pose_region_mask
 
 
 def test_gradients_reach_exactly_the_adapter(tiny_cfg, synthetic_batch):
-    module = GRPoseLitModule(tiny_cfg("optim.lr=1e-3"))
+    module = GRPoseLitModule.from_config(tiny_cfg("optim.lr=1e-3"))
     loss = module.compute_loss(synthetic_batch(2))["loss"]
     loss.backward()
     adapter_params = {id(p) for p in module.adapter.parameters()}
@@ -30,7 +30,7 @@ def test_gradients_reach_exactly_the_adapter(tiny_cfg, synthetic_batch):
 
 
 def test_state_dict_holds_only_the_adapter(tiny_cfg):
-    module = GRPoseLitModule(tiny_cfg())
+    module = GRPoseLitModule.from_config(tiny_cfg())
     keys = list(module.state_dict())
     assert keys and all(k.startswith("adapter.") for k in keys)
     assert len(keys) == len(module.adapter.state_dict())
@@ -46,7 +46,7 @@ def test_state_dict_holds_only_the_adapter(tiny_cfg):
 ], ids=["edgeconv", "gcn", "controlnet"])
 def test_overfitting_a_fixed_batch_lowers_the_loss(tiny_cfg, synthetic_batch, overrides):
     torch.manual_seed(0)
-    module = GRPoseLitModule(tiny_cfg("optim.lr=2e-3", *overrides))
+    module = GRPoseLitModule.from_config(tiny_cfg("optim.lr=2e-3", *overrides))
     batch = synthetic_batch(4)
     optimizer = module.configure_optimizers()
     gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731  same noise and t every step: a fixed target
@@ -82,7 +82,7 @@ def test_weighted_diffusion_loss_matches_formula():
 
 
 def test_sampling_is_seeded_per_image(tiny_cfg, synthetic_batch):
-    module = GRPoseLitModule(tiny_cfg())
+    module = GRPoseLitModule.from_config(tiny_cfg())
     batch = synthetic_batch(3)
     all3 = module.sample(batch["prompt"], batch["hint"], seeds=[5, 6, 7])
     one = module.sample(batch["prompt"][1:2], batch["hint"][1:2], seeds=[6])

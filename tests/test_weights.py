@@ -17,7 +17,8 @@ from grpose.config import load_config
 from grpose.lit_module import GRPoseLitModule
 from grpose.models.adapter import ControlNetBaseline, GraphPoseAdapter, build_adapter
 from grpose.sd15 import build_sd15, load_unet
-from grpose.weights import WeightsError, convert_release_state_dict, load_adapter
+from grpose.errors import WeightsError
+from grpose.weights import convert_release_state_dict, load_adapter
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = str(ROOT / "configs" / "demo.yaml")
@@ -113,7 +114,7 @@ def test_prepared_adapter_leaves_the_unet_untouched_at_init(tmp_path, tiny_sd_fo
     out = tmp_path / "init.safetensors"
     prepare_weights.main([str(tiny_sd_folder), DEMO, str(out), *TINY_OVERRIDES])
     # The training path: model.adapter_weights is loaded by the LightningModule on top of the SD1.5 folder.
-    module = GRPoseLitModule(tiny_cfg(f"model.pretrained={tiny_sd_folder}", f"model.adapter_weights={out}"))
+    module = GRPoseLitModule.from_config(tiny_cfg(f"model.pretrained={tiny_sd_folder}", f"model.adapter_weights={out}"))
     saved = load_file(str(out))
     assert all(torch.equal(v, saved[k]) for k, v in module.adapter.state_dict().items())
     assert torch.equal(module.adapter.conv_in.weight, module.unet.conv_in.weight)
@@ -168,7 +169,7 @@ def controlnet_checkpoint(tmp_path_factory):
     """A Lightning checkpoint of the ControlNet baseline written with trainer.save_checkpoint, weights perturbed so
     that its residuals are not zero."""
     path = tmp_path_factory.mktemp("controlnet") / "baseline.ckpt"
-    module = GRPoseLitModule(load_config(DEMO, TINY_OVERRIDES + ["model.adapter=controlnet"]))
+    module = GRPoseLitModule.from_config(load_config(DEMO, TINY_OVERRIDES + ["model.adapter=controlnet"]))
     torch.manual_seed(7)
     with torch.no_grad():
         for p in module.adapter.parameters():
@@ -185,7 +186,7 @@ def test_export_import_round_trip_gives_identical_residuals(tmp_path, request, k
     ckpt = request.getfixturevalue(f"{kind}_checkpoint")
     checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
     # The reference: the LightningModule the checkpoint came from, restored the usual way.
-    reference = GRPoseLitModule(load_config(None, TINY_OVERRIDES + [f"model.adapter={kind}"]))
+    reference = GRPoseLitModule.from_config(load_config(None, TINY_OVERRIDES + [f"model.adapter={kind}"]))
     reference.load_state_dict(checkpoint["state_dict"])
     inputs = _inputs()
     expected = _residuals(reference.adapter, inputs)
@@ -209,7 +210,7 @@ def test_export_import_round_trip_gives_identical_residuals(tmp_path, request, k
 
 # ---- convert_release_ckpt.py ---------------------------------------------------------------------------------
 
-# Our key -> the release's, written from reference-notes sections 1.2-1.5 (LDM UNet / ControlNet naming, their
+# Our key -> the release's, written from the release's module names (LDM UNet / ControlNet naming, their
 # PGI, ViG GCN and PoseEncoder attribute names), independently of the converter under test.
 _RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1", "norm2": "out_layers.0",
            "conv2": "out_layers.3", "conv_shortcut": "skip_connection", "conv_out": "out_layers.2",

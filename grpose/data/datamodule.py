@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from grpose.data.humanart import BadSampleError, HumanSDPoseDataset
 from grpose.data.laion_human import LaionHumanDataset
 from grpose.data.synthetic import SYNTHETIC_SCENES, SyntheticPoseDataset
+from grpose.errors import ConfigError
 
 # Fixed and different, so the synthetic evaluation figures are never training figures.
 SYNTHETIC_TRAIN_SEED = 0
@@ -72,7 +73,7 @@ class BadSampleReporter(pl.Callback):
 def _filter_synthetic(dataset: SyntheticPoseDataset, scenarios: Sequence[str]) -> Dataset:
     unknown = [s for s in scenarios if s not in SYNTHETIC_SCENES]
     if not scenarios or unknown:
-        raise ValueError(f"unknown scenario(s) {unknown or list(scenarios)} for the synthetic dataset; its "
+        raise ConfigError(f"unknown scenario(s) {unknown or list(scenarios)} for the synthetic dataset; its "
                          f"scenarios: {', '.join(SYNTHETIC_SCENES)}")
     return Subset(dataset, [i for i in range(len(dataset)) if dataset.scenario_of(i) in set(scenarios)])
 
@@ -102,7 +103,7 @@ class PoseDataModule(pl.LightningDataModule):
             return dataset if scenarios is None else _filter_synthetic(dataset, scenarios)
         classes = {"humanart": HumanSDPoseDataset, "laion_human": LaionHumanDataset}
         if cfg.dataset not in classes:
-            raise ValueError(f"data.dataset={cfg.dataset!r} is not one of synthetic, {', '.join(classes)}")
+            raise ConfigError(f"data.dataset={cfg.dataset!r} is not one of synthetic, {', '.join(classes)}")
         return classes[cfg.dataset](
             root=cfg.root,
             mapping_file=cfg.train_mapping if train else cfg.val_mapping,
@@ -148,7 +149,7 @@ class PoseDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         dataset = self.train_dataset()
         if len(dataset) < self.cfg.batch_size:
-            raise ValueError(f"the training set has {len(dataset)} samples, fewer than data.batch_size="
+            raise ConfigError(f"the training set has {len(dataset)} samples, fewer than data.batch_size="
                              f"{self.cfg.batch_size}; with drop_last there would be no batch")
         return self._loader(dataset, self.cfg.batch_size, train=True)
 

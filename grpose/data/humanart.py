@@ -21,10 +21,11 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from grpose.data.skeleton import pack_persons, pose_image_to_tensor, render_skeleton
+from ..errors import ConfigError, DataError, MissingFileError
 
 log = logging.getLogger(__name__)
 
-# The 19 Human-Art validation scenarios of the evaluation protocol, 250 images each (reference-notes section 5).
+# The 19 Human-Art validation scenarios of the evaluation protocol, 250 images each.
 HUMANART_VAL_SCENARIOS: tuple[str, ...] = (
     "acrobatics", "cosplay", "dance", "drama", "movie",
     "cartoon", "digital_art", "ink_painting", "kids_drawing", "mural", "oil_painting", "shadow_play", "sketch",
@@ -42,7 +43,7 @@ _NPZ_ERRORS = (OSError, ValueError, EOFError, KeyError, TypeError, AttributeErro
 _IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
-class BadSampleError(RuntimeError):
+class BadSampleError(DataError):
     """A sample whose image or pose file cannot be read; the message names the file."""
 
 
@@ -61,7 +62,7 @@ def resolve_mapping_path(root: str | os.PathLike, mapping_file: str | os.PathLik
         if candidate.exists():
             return candidate
     tried = " or ".join(str(c) for c in dict.fromkeys(candidates))
-    raise FileNotFoundError(f"mapping file {mapping_file} not found (looked for {tried})")
+    raise MissingFileError(f"mapping file {mapping_file} not found (looked for {tried})")
 
 
 def load_mapping(path: str | os.PathLike) -> list[MappingEntry]:
@@ -69,28 +70,28 @@ def load_mapping(path: str | os.PathLike) -> list[MappingEntry]:
     path = Path(path)
     files = sorted(path.glob("*.json")) if path.is_dir() else [path]
     if not files:
-        raise FileNotFoundError(f"mapping folder {path} contains no *.json mapping files")
+        raise MissingFileError(f"mapping folder {path} contains no *.json mapping files")
     merged: dict[str, MappingEntry] = {}
     for file in files:
         try:
             with open(file, encoding="utf-8") as f:
                 raw = json.load(f)
         except json.JSONDecodeError as err:
-            raise ValueError(f"mapping file {file} is not valid JSON: {err}") from err
+            raise DataError(f"mapping file {file} is not valid JSON: {err}") from None
         if not isinstance(raw, dict):
-            raise ValueError(f"mapping file {file} must hold a JSON object {{id: {{img_path, prompt, pose_path}}}}, "
+            raise DataError(f"mapping file {file} must hold a JSON object {{id: {{img_path, prompt, pose_path}}}}, "
                              f"got {type(raw).__name__}")
         for key, item in raw.items():
             fields = {}
             for name in MappingEntry._fields[1:]:
                 value = item.get(name) if isinstance(item, dict) else None
                 if not isinstance(value, str):
-                    raise ValueError(f"mapping file {file}: entry {key!r} needs string fields img_path, prompt and "
+                    raise DataError(f"mapping file {file}: entry {key!r} needs string fields img_path, prompt and "
                                      f"pose_path; {name!r} is {value!r}")
                 fields[name] = value
             entry = MappingEntry(id=str(key), **fields)
             if merged.get(entry.id, entry) != entry:
-                raise ValueError(f"mapping file {file}: id {key!r} also appears in another file with different paths")
+                raise DataError(f"mapping file {file}: id {key!r} also appears in another file with different paths")
             merged[entry.id] = entry
     return list(merged.values())
 
@@ -186,7 +187,7 @@ def resize_and_crop(
 
 
 class HumanSDPoseDataset(Dataset):
-    """Human-Art (or any dataset in the HumanSD mapping layout) as samples of the batch contract (SPEC section 4)."""
+    """Human-Art (or any dataset in the HumanSD mapping layout) as samples of the batch contract."""
 
     dataset_name = "Human-Art"
     download_hint = HUMANART_HINT
@@ -210,12 +211,12 @@ class HumanSDPoseDataset(Dataset):
             raise ValueError("resolution, max_persons and skeleton_width must be positive")
         self.root = Path(root)
         if not self.root.is_dir():
-            raise FileNotFoundError(f"{self.dataset_name} folder {self.root} does not exist (data.root). "
+            raise MissingFileError(f"{self.dataset_name} folder {self.root} does not exist (data.root). "
                                     f"{self.download_hint}")
         try:
             self.mapping_path = resolve_mapping_path(self.root, mapping_file)
         except FileNotFoundError as err:
-            raise FileNotFoundError(f"{err}. {self.download_hint}") from None
+            raise MissingFileError(f"{err}. {self.download_hint}") from None
         self.resolution = int(resolution)
         self.train = bool(train)
         self.prompt_dropout = float(prompt_dropout) if train else 0.0
@@ -231,7 +232,7 @@ class HumanSDPoseDataset(Dataset):
         if scenarios is not None:
             self._filter_scenarios(list(scenarios))
         if not self.entries:
-            raise ValueError(f"mapping {self.mapping_path} has no entries")
+            raise DataError(f"mapping {self.mapping_path} has no entries")
 
     def scenario_of(self, img_path: str) -> str:
         return humanart_scenario(img_path)
@@ -240,7 +241,7 @@ class HumanSDPoseDataset(Dataset):
         present = sorted(set(self.scenarios))
         unknown = [s for s in wanted if s not in present]
         if not wanted or unknown:
-            raise ValueError(f"unknown scenario(s) {unknown or wanted} for {self.mapping_path}; scenarios in this "
+            raise ConfigError(f"unknown scenario(s) {unknown or wanted} for {self.mapping_path}; scenarios in this "
                              f"mapping: {', '.join(present)}")
         keep = [i for i, s in enumerate(self.scenarios) if s in set(wanted)]
         self.entries = [self.entries[i] for i in keep]

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-# The 16 HumanSD limbs (SPEC section 4). There is deliberately no shoulder-shoulder or hip-hip link: the pretrained
+# The 16 HumanSD limbs. There is deliberately no shoulder-shoulder or hip-hip link: the pretrained
 # lineage (HumanSD, Stable-Pose, GRPose) was trained on exactly these.
 COCO17_LIMBS: tuple[tuple[int, int], ...] = (
     (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6), (5, 7), (6, 8),

@@ -14,9 +14,10 @@ import torch
 from tqdm.auto import tqdm
 
 from grpose.eval.quality import ImageItem, load_image
+from ..errors import MissingFileError
 
 DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch16"
-#: The lineage (Stable-Pose's text metric, reference-notes 7.3) cuts prompts to 77 *characters* before scoring.
+#: The lineage (Stable-Pose's text metric) cuts prompts to 77 *characters* before scoring.
 PAPER_PROMPT_CHARS = 77
 PROTOCOLS = ("standard", "paper")
 
@@ -47,7 +48,7 @@ def clip_loader(model_path: str | os.PathLike) -> Callable[[], tuple[Any, Any]]:
     """A callable returning ``(CLIPModel, processor)`` from a local folder, the form torchmetrics accepts offline."""
     path = Path(model_path).expanduser()
     if not path.is_dir():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"CLIP model folder {path} does not exist. Download {DEFAULT_CLIP_MODEL} into it on a machine with "
             f"internet, e.g. `hf download {DEFAULT_CLIP_MODEL} --local-dir {path}` "
             f"(older huggingface_hub: `huggingface-cli download {DEFAULT_CLIP_MODEL} --local-dir {path}`)."
@@ -88,7 +89,7 @@ def clip_score(
 
     torchmetrics ``CLIPScore`` scores each pair 100 * cos(E_image, E_text) and reports max(mean, 0).
     ``standard``: one score over the whole set. ``paper``: prompts cut to 77 characters and the score computed per
-    batch of ``batch_size`` then averaged over batches, as the lineage did (reference-notes 7.3).
+    batch of ``batch_size`` then averaged over batches, as the lineage did.
     """
     from torchmetrics.multimodal.clip_score import CLIPScore
 

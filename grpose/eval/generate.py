@@ -1,152 +1,40 @@
 """Evaluation generation: Lightning's predict loop writes one raw PNG per test sample, the real crops and a manifest.
 
-Each rank handles its shard (Lightning's distributed sampler); samples whose PNG already exists are not generated
-again, so an interrupted run resumes where it stopped. Per-sample seeds depend only on (base seed, sample id).
+Images come from the sampling pipeline (the same one pose2img.py uses), built from the experiment's frozen base and
+the adapter file read by the one adapter loader. Each rank handles its shard (Lightning's distributed sampler);
+samples whose PNG already exists are not generated again, so an interrupted run resumes where it stopped.
+Per-sample seeds depend only on (base seed, sample id).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import pickle
-import re
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import DictConfig
 from PIL import Image
+from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from grpose.config import ConfigError, validate_eval_config
 from grpose.data.datamodule import collate_pose_batch
-from grpose.pipeline import images_to_uint8
-
-
-
-class EvalInputError(ValueError):
-    """A checkpoint or an images folder given to eval_pose.py that cannot be used as it is."""
-
-
-# ---------------------------------------------------------------------------------------------- settings
-def load_eval_config(cfg: DictConfig, **cli: Any) -> DictConfig:
-    """The experiment's `eval` section (defaults, YAML and `eval.key=value` overrides, merged by load_config)
-    <- command-line flags (keyword arguments; None means "not given")."""
-    eval_cfg = cfg.eval.copy()
-    given = {k: v for k, v in cli.items() if v is not None}
-    if given:
-        try:
-            eval_cfg = OmegaConf.merge(eval_cfg, given)
-        except OmegaConfBaseException as err:
-            raise ConfigError(f"command-line flags: invalid value for 'eval.{getattr(err, 'full_key', '?')}': "
-                              f"{err.msg}") from None
-    if eval_cfg.kid_scale is None:
-        eval_cfg.kid_scale = 1000.0 if cfg.data.dataset == "laion_human" else 100.0
-    validate_eval_config(eval_cfg)
-    return eval_cfg
-
-
-
-# ------------------------------------------------------------------------------------------ files and seeds
-_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-
-
-def image_filename(sample_id: str) -> str:
-    """`<id>.png`; an id with characters unsafe in a file name gets them replaced plus a short hash of the id,
-    so two ids never share a file."""
-    sample_id = str(sample_id)
-    if _SAFE_NAME.fullmatch(sample_id):
-        return f"{sample_id}.png"
-    cleaned = re.sub(r"[^A-Za-z0-9._-]", "_", sample_id).lstrip(".") or "id"
-    return f"{cleaned}-{hashlib.sha1(sample_id.encode()).hexdigest()[:8]}.png"
+from grpose.errors import ConfigError, EvalInputError, MissingFileError
+from grpose.eval.run_layout import RunLayout, read_manifest, save_png, write_text_atomic
+from grpose.pipeline import GRPosePipeline, images_to_uint8, sampling_options
+from grpose.precision import torch_dtype
+from grpose.sd15 import build_sd15
+from grpose.weights.loader import load_adapter
 
 
 def sample_seed(base_seed: int, sample_id: str) -> int:
     """A 63-bit seed from (base seed, sample id) alone, so an image never depends on batch size, rank or order."""
     digest = hashlib.sha256(f"{int(base_seed)}/{sample_id}".encode()).digest()
     return int.from_bytes(digest[:8], "big") & (2**63 - 1)
-
-
-@dataclass(frozen=True)
-class RunLayout:
-    """Where a run's files live: `<output_dir>/<run>/{images,real}/<scenario>/<id>.png`, `manifest.jsonl`, ..."""
-
-    run_dir: Path
-
-    @property
-    def images_dir(self) -> Path:
-        return self.run_dir / "images"
-
-    @property
-    def real_dir(self) -> Path:
-        return self.run_dir / "real"
-
-    @property
-    def manifest(self) -> Path:
-        return self.run_dir / "manifest.jsonl"
-
-    @property
-    def generation_settings(self) -> Path:
-        return self.run_dir / "generation.json"
-
-    @property
-    def parts_dir(self) -> Path:
-        return self.run_dir / ".manifest_parts"
-
-    @property
-    def metrics_json(self) -> Path:
-        return self.run_dir / "metrics.json"
-
-    @property
-    def metrics_md(self) -> Path:
-        return self.run_dir / "metrics.md"
-
-    def image_path(self, scenario: str, sample_id: str, root: Optional[Path] = None) -> Path:
-        return (root if root is not None else self.images_dir) / scenario / image_filename(sample_id)
-
-    def real_path(self, scenario: str, sample_id: str) -> Path:
-        return self.real_dir / scenario / image_filename(sample_id)
-
-    def relative(self, path: Path) -> str:
-        """A path stored in the manifest: relative to the run folder when inside it, else absolute."""
-        try:
-            return str(Path(path).resolve().relative_to(self.run_dir.resolve()))
-        except ValueError:
-            return str(Path(path).resolve())
-
-    def resolve(self, stored: str) -> Path:
-        path = Path(stored)
-        return path if path.is_absolute() else self.run_dir / path
-
-
-def save_png(image: np.ndarray, path: Path) -> None:
-    """Write atomically: a crash mid-write never leaves a truncated PNG that a resumed run would take as done."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    Image.fromarray(np.ascontiguousarray(image)).save(tmp, format="PNG")
-    os.replace(tmp, path)
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def read_manifest(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        raise FileNotFoundError(f"manifest {path} does not exist; generate the images first (eval_pose.py without "
-                                f"--score-only) or score a folder with --score-only --images DIR")
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 # ------------------------------------------------------------------------------------------------ dataset
@@ -165,10 +53,10 @@ class IndexedDataset(Dataset):
         return None if sample is None else {**sample, "index": index}
 
 
-def select_samples(dataset: Dataset, num_samples: Optional[int]) -> Dataset:
-    """The first `num_samples` samples (all when None), with their index attached."""
-    if num_samples is not None and num_samples < len(dataset):
-        dataset = Subset(dataset, range(num_samples))
+def select_samples(dataset: Dataset, count: int) -> Dataset:
+    """The first `count` samples (see grpose.eval.settings.evaluated_count), with their index attached."""
+    if count < len(dataset):
+        dataset = Subset(dataset, range(count))
     return IndexedDataset(dataset)
 
 
@@ -180,64 +68,41 @@ def eval_dataloader(dataset: Dataset, batch_size: int, num_workers: int) -> Data
 
 
 # ------------------------------------------------------------------------------------------------- model
-_ARCHITECTURE_KEYS = ("base", "adapter", "pgi_levels", "graphs", "graph_type", "knn_k", "positional_encoding",
-                      "edgeconv_groups", "pose_stem_channels", "pose_level_channels")
+class PipelineGenerator(nn.Module):
+    """The sampling pipeline with the experiment's sampling settings. A module, so that Lightning moves the frozen
+    base and the adapter to each rank's device."""
+
+    def __init__(self, pipeline: GRPosePipeline, options: dict[str, Any]):
+        super().__init__()
+        self.unet, self.vae, self.text_encoder = pipeline.parts.unet, pipeline.parts.vae, pipeline.parts.text_encoder
+        self.adapter = pipeline.adapter
+        self.pipeline = pipeline
+        self.options = options
+
+    def sample(self, prompts: list[str], pose_images: torch.Tensor, seeds: list[int]) -> torch.Tensor:
+        return self.pipeline(prompts, pose_images, seeds, **self.options, progress=False)
 
 
-def load_generator(cfg: DictConfig, ckpt: str):
-    """The model of `cfg` with its adapter read from `ckpt`: a Lightning checkpoint of `train.py`, an adapter
-    folder in diffusers format (`<run>/adapter`) or a `.safetensors` adapter file."""
-    from grpose.lit_module import GRPoseLitModule
-
-    path = Path(ckpt).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"--ckpt {ckpt} does not exist; give a checkpoint written by train.py "
-                                f"(experiments/<name>/checkpoints/*.ckpt) or an exported adapter folder")
-    # The checkpoint replaces every adapter weight, and generation needs no pose loss network: skip loading both.
-    cfg = cfg.copy()
-    cfg.model.adapter_weights = None
-    cfg.loss.pose_perception.alpha = 0.0
-    module = GRPoseLitModule(cfg)
-    if path.is_dir():
-        weights = path / "diffusion_pytorch_model.safetensors"
-        if not weights.is_file():
-            raise FileNotFoundError(f"--ckpt {path} is a folder without diffusion_pytorch_model.safetensors; "
-                                    f"expected an adapter exported by train.py (experiments/<name>/adapter)")
-        module.load_adapter_weights(str(weights))
-    elif path.suffix == ".safetensors":
-        module.load_adapter_weights(str(path))
-    else:
-        try:
-            # weights_only: a checkpoint is a pickle; only tensors and plain containers are accepted from it.
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as err:
-            raise EvalInputError(f"--ckpt {path} is not a readable Lightning checkpoint ({type(err).__name__}: "
-                                 f"{str(err).splitlines()[0]})") from err
-        if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-            raise EvalInputError(f"--ckpt {path} has no 'state_dict'; expected a Lightning checkpoint of train.py")
-        try:
-            module.load_state_dict(checkpoint["state_dict"])
-        except RuntimeError as err:
-            first = next((line.strip() for line in str(err).splitlines()[1:] if line.strip()), str(err))
-            raise EvalInputError(f"--ckpt {path} does not fit the model of this config"
-                                 f"{_architecture_difference(cfg, checkpoint)}; e.g. {first}") from err
-    return module.eval()
+def load_generator(cfg: DictConfig, ckpt: str) -> PipelineGenerator:
+    """The experiment's frozen base + the adapter in `ckpt` (any file the adapter loader reads; its architecture
+    must be the config's), sampling with the config's `sampling` settings."""
+    if not Path(ckpt).expanduser().exists():
+        raise MissingFileError(f"--ckpt {ckpt} does not exist; give a checkpoint written by train.py "
+                               f"(experiments/<name>/checkpoints/*.ckpt) or an exported adapter folder")
+    adapter = load_adapter(ckpt, expected=cfg.model)
+    parts = build_sd15(cfg.model.base, cfg.model.pretrained, torch_dtype=torch_dtype(cfg.model.frozen_dtype))
+    pipeline = GRPosePipeline(parts, adapter.requires_grad_(False).eval())
+    return PipelineGenerator(pipeline, sampling_options(cfg.sampling, cfg.model.conditioning_scale))
 
 
-def _architecture_difference(cfg: DictConfig, checkpoint: dict) -> str:
-    saved = ((checkpoint.get("hyper_parameters") or {}).get("config") or {}).get("model") or {}
-    diffs = [f"model.{k}: checkpoint {saved[k]!r} vs config {OmegaConf.to_container(cfg.model)[k]!r}"
-             for k in _ARCHITECTURE_KEYS if k in saved and saved[k] != OmegaConf.to_container(cfg.model)[k]]
-    return f" ({'; '.join(diffs)}; pass the training config)" if diffs else ""
-
-
-def generation_settings(cfg: DictConfig, module, ckpt: str) -> dict[str, Any]:
+def generation_settings(cfg: DictConfig, generator: PipelineGenerator, ckpt: str) -> dict[str, Any]:
     """Everything that decides a generated image besides the sample itself; stored in `generation.json`."""
     s = cfg.sampling
     return {
         "checkpoint": str(Path(ckpt).expanduser().resolve()),
         "base_model": cfg.model.pretrained,
-        "sampler": type(module.pipeline().scheduler).__name__,
+        "frozen_dtype": cfg.model.frozen_dtype,
+        "sampler": type(generator.pipeline.scheduler).__name__,
         "steps": int(s.num_inference_steps),
         "guidance": float(s.guidance_scale),
         "eta": float(s.eta),
@@ -258,7 +123,7 @@ def check_generation_settings(layout: RunLayout, settings: dict[str, Any]) -> No
             raise ConfigError(f"{layout.run_dir} holds images generated with other settings ({'; '.join(diffs)}). "
                               f"Choose another run name (--run NAME) or delete {layout.images_dir} and {path}.")
     else:
-        _write_text_atomic(path, json.dumps(settings, indent=2) + "\n")
+        write_text_atomic(path, json.dumps(settings, indent=2) + "\n")
 
 
 # ------------------------------------------------------------------------------------------ predict loop
@@ -283,10 +148,6 @@ class EvalWriter(pl.LightningModule):
         self.num_generated = self.total_generated = 0  # this rank / all ranks
         self.num_present = self.total_present = 0
         self._part = None
-
-    def setup(self, stage: str) -> None:
-        if self.generator is not None:
-            self.generator.setup(stage)  # Lightning only calls the hooks of the top-level module
 
     def _part_path(self, rank: int) -> Path:
         return self.layout.parts_dir / f"rank-{rank:05d}.jsonl"
@@ -383,7 +244,7 @@ def merge_manifest_parts(layout: RunLayout, world_size: int) -> list[dict[str, A
                                  f"the same file {record['image']} (duplicate id {record['id']!r}); ids must be "
                                  f"unique")
         seen[record["image"]] = record["index"]
-    _write_text_atomic(layout.manifest, "".join(json.dumps(r) + "\n" for r in ordered))
+    write_text_atomic(layout.manifest, "".join(json.dumps(r) + "\n" for r in ordered))
     shutil.rmtree(layout.parts_dir)
     return ordered
 
@@ -392,7 +253,7 @@ def check_images_folder(images: Path, records: list[dict[str, Any]], layout: Run
     """Score-only: some PNG must match a test sample and, when the whole split is scored, every PNG of the folder
     must (a file that matches nothing means a wrong layout or naming)."""
     if not records:
-        raise FileNotFoundError(f"--images {images}: no <scenario>/<id>.png file matches a sample of the test split "
+        raise MissingFileError(f"--images {images}: no <scenario>/<id>.png file matches a sample of the test split "
                                 f"(file names: grpose.eval.generate.image_filename(id))")
     if complete:
         matched = {layout.resolve(r["image"]).resolve() for r in records}
@@ -406,8 +267,9 @@ def check_images_folder(images: Path, records: list[dict[str, Any]], layout: Run
 def eval_trainer(cfg: DictConfig, layout: RunLayout, generate: bool) -> pl.Trainer:
     """The experiment's accelerator/devices/precision for generation; one CPU process for a score-only data pass."""
     t = cfg.trainer
-    hardware = (dict(accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
-                     precision=t.precision) if generate else dict(accelerator="cpu", devices=1))
+    # No `precision` here: the pipeline applies the one precision policy itself (grpose.precision).
+    hardware = (dict(accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy)
+                if generate else dict(accelerator="cpu", devices=1))
     return pl.Trainer(**hardware, logger=False, enable_checkpointing=False, enable_model_summary=False,
                       enable_progress_bar=t.enable_progress_bar, default_root_dir=layout.run_dir)
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from ..errors import MissingExtraError, MissingFileError
 
 INSTALL_HINT = ("MMPose 0.x is not installed (needed for the pose perception loss and pose evaluation). "
                 "Install it with `bash scripts/install_mmpose.sh` after `pip install -r requirements.txt`.")
@@ -54,9 +55,9 @@ def require_mmpose():
             import mmpose.apis  # noqa: F401
             import xtcocotools._mask  # noqa: F401
     except ImportError as err:
-        raise ImportError(f"{INSTALL_HINT} (import failed: {err})") from err
+        raise MissingExtraError(f"{INSTALL_HINT} (import failed: {err})") from err
     if not mmpose.__version__.startswith("0."):
-        raise ImportError(f"mmpose {mmpose.__version__} is installed but grpose needs mmpose 0.x (0.29.0): the "
+        raise MissingExtraError(f"mmpose {mmpose.__version__} is installed but grpose needs mmpose 0.x (0.29.0): the "
                           f"HigherHRNet/UDP bottom-up models exist only there. {INSTALL_HINT}")
     return mmpose
 
@@ -79,7 +80,7 @@ def resolve_mmpose_config(name_or_path: PathLike) -> str:
         if candidate.is_file():
             return str(candidate)
     looked = "\n  ".join(str(c) for c in candidates)
-    raise FileNotFoundError(f"MMPose config {str(name_or_path)!r} not found. Looked at:\n  {looked}\n"
+    raise MissingFileError(f"MMPose config {str(name_or_path)!r} not found. Looked at:\n  {looked}\n"
                             f"Give a path to an mmpose 0.x config file or a path relative to "
                             f"{root / _BOTTOM_UP_CONFIG_DIR}.")
 
@@ -110,7 +111,7 @@ def build_pose_model(config: Any, checkpoint: Optional[PathLike] = None, device:
     The model keeps its `mmcv.Config` in `model.cfg`, as `mmpose.apis` expects.
     """
     if checkpoint is not None and not Path(checkpoint).expanduser().is_file():
-        raise FileNotFoundError(f"pose model checkpoint {checkpoint} does not exist. Download "
+        raise MissingFileError(f"pose model checkpoint {checkpoint} does not exist. Download "
                                 f"{checkpoint_hint(config)} and point the config at it.")
     cfg = _load_config(config)
     from mmpose.models import build_posenet
@@ -149,7 +150,7 @@ def read_pose_checkpoint(path: PathLike, trust_pickle: bool = False) -> dict:
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"pose model checkpoint {path} does not exist")
+        raise MissingFileError(f"pose model checkpoint {path} does not exist")
     if trust_pickle:
         raw = torch.load(path, map_location="cpu", weights_only=False)
     else:
@@ -335,12 +336,12 @@ class PoseBackbone(nn.Module):
 
 
 class BottomUpPoseEstimator:
-    """An MMPose 0.x bottom-up estimator (`inference_bottom_up_pose_model`) for pose metrics (SPEC section 7).
+    """An MMPose 0.x bottom-up estimator (`inference_bottom_up_pose_model`) for pose metrics.
 
     `predict` takes RGB images. mmpose 0.x assumes an ndarray is BGR and converts it to RGB
     (`LoadImageFromFile._bgr2rgb`), so RGB is turned into BGR first and the network sees true RGB.
     `swap_rgb_bgr=True` passes the RGB array unchanged, reproducing the release's evaluator, whose
-    HigherHRNet saw channel-swapped images (reference-notes 7.1); use it only for the `paper` protocol.
+    HigherHRNet saw channel-swapped images; use it only for the `paper` protocol.
     """
 
     def __init__(self, config: Any, checkpoint: Optional[PathLike], device: Union[str, torch.device] = "cpu",

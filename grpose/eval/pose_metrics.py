@@ -1,6 +1,6 @@
 """Pose metrics for generated images: COCO OKS AP, SAP (HumanSD's CAP) and PCE against the conditioning poses.
 
-Two protocols (SPEC section 7): ``standard`` (one dataset-level COCO evaluation) and ``paper`` (the GRPose/Stable-Pose
+Two protocols (docs/evaluation.md): ``standard`` (one dataset-level COCO evaluation) and ``paper`` (the GRPose/Stable-Pose
 release: per-batch-of-4 evaluation averaged over batches, placeholder-inflated GT areas, the release's SAP quirks).
 """
 
@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from ..errors import MissingExtraError
 
 PROTOCOLS = ("standard", "paper")
 
@@ -67,7 +68,7 @@ def _backend_classes(backend: str) -> tuple[type, type]:
             from xtcocotools.coco import COCO
             from xtcocotools.cocoeval import COCOeval
         except ImportError as err:
-            raise ImportError(
+            raise MissingExtraError(
                 "pose_metrics: backend 'xtcocotools' requested but it is not importable; install it "
                 "(`pip install --no-binary xtcocotools --no-build-isolation xtcocotools` under numpy 2) or use "
                 "backend='pycocotools'."
@@ -96,7 +97,7 @@ def weighted_cosine_similarity(
     sigmas: np.ndarray = COCO17_SIGMAS,
     release_bug: bool = False,
 ) -> float:
-    """Pose similarity used by SAP/CAP (HumanSD paper section 5.1; reference-notes 7.1 steps 1-5).
+    """Pose similarity used by SAP/CAP (HumanSD paper section 5.1).
 
     On the joints visible in the ground truth (score/v > 0): divide x and y of both poses by the per-joint sigmas,
     min-max normalise x and y separately per pose, L2-normalise each, concatenate (x, y) and take the cosine.
@@ -227,7 +228,7 @@ def _gt_annotation(person: np.ndarray, protocol: str) -> dict[str, Any]:
     present = _present(person)
     if protocol == "paper":
         # The release writes the raw (x, y, score) triplets and takes bbox/area over all 17 points, the (-1, -1)
-        # placeholders included (reference-notes 7.1); this inflates the OKS scale and moves the area bins.
+        # placeholders included; this inflates the OKS scale and moves the area bins.
         kpts = person.copy()
         extent = person[:, :2]
     else:
@@ -405,7 +406,7 @@ def pose_metrics(
     ``standard``: one dataset-level COCO keypoint evaluation (OKS, COCO-17 sigmas, maxDets 20, use_area) and one
     SAP evaluation with the fixed similarity (undefined similarities never match); PCE = mean over images.
 
-    ``paper`` (reference-notes 7.1): images are cut into consecutive batches of ``batch_size``; each batch gets its
+    ``paper``: images are cut into consecutive batches of ``batch_size``; each batch gets its
     own evaluation with the placeholder-inclusive GT area, the SAP ``yd = xd/||yd||`` bug and NaN-matching; every
     metric is the mean over batches of the per-batch values. A batch whose value is -1 (no GT person in it, or none
     in that area bin) is skipped for that metric: the release would average the -1 in, which nobody intends

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
+from ..errors import MissingExtraError, MissingFileError
 
 # torchmetrics/torch-fidelity download this file into $TORCH_HOME/hub/checkpoints; pytorch-fid distributes the
 # same 2015-12-05 TF Inception weights (same hash suffix) as PYTORCH_FID_WEIGHTS_FILENAME.
@@ -96,13 +97,13 @@ def resolve_inception_weights(path: str | os.PathLike | None = None) -> Path:
     if path is not None:
         candidate = Path(path).expanduser()
         if not candidate.is_file():
-            raise FileNotFoundError(f"Inception weights file {candidate} does not exist. {_weights_help()}")
+            raise MissingFileError(f"Inception weights file {candidate} does not exist. {_weights_help()}")
         return candidate
     hub = Path(torch.hub.get_dir()) / "checkpoints"
     for name in (INCEPTION_WEIGHTS_FILENAME, PYTORCH_FID_WEIGHTS_FILENAME):
         if (hub / name).is_file():
             return hub / name
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"No Inception weights in {hub} (looked for {INCEPTION_WEIGHTS_FILENAME}). {_weights_help()}"
     )
 
@@ -114,7 +115,7 @@ def inception_feature_extractor(width: int, weights_path: str | os.PathLike) -> 
     from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE
 
     if not _TORCH_FIDELITY_AVAILABLE:
-        raise ImportError(
+        raise MissingExtraError(
             "quality: the Inception feature extractor of torchmetrics needs torch-fidelity; "
             "`pip install torch-fidelity` (or `torchmetrics[image]`), or pass an nn.Module as `feature`."
         )
@@ -147,7 +148,7 @@ def load_image(item: ImageItem) -> np.ndarray:
 
 
 def imagenet_normalize_byte_cast(images: torch.Tensor) -> torch.Tensor:
-    """The release's garbling (reference-notes 7.2): uint8 [..., 3, H, W] -> ToTensor -> ImageNet Normalize ->
+    """The release's garbling: uint8 [..., 3, H, W] -> ToTensor -> ImageNet Normalize ->
     ``(x * 255).byte()``. Float -> uint8 truncates toward zero and wraps modulo 256 (what CPU torch does; written
     out so the result does not depend on the device)."""
     mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1)

@@ -17,7 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm.auto import tqdm
 
-from grpose.eval.generate import RunLayout
+from grpose.errors import EvalInputError, MissingFileError
+from grpose.eval.run_layout import RunLayout
 
 TABLE1_COLUMNS = ("AP", "SAP", "PCE", "FID", "KID", "CLIP-Score")
 
@@ -33,7 +34,7 @@ def check_scoring_weights(eval_cfg: DictConfig, quality_feature: Optional[nn.Mod
         config = resolve_mmpose_config(eval_cfg.pose_estimator_config)
         checkpoint = eval_cfg.pose_estimator_checkpoint
         if checkpoint is not None and not Path(checkpoint).expanduser().is_file():
-            raise FileNotFoundError(f"eval.pose_estimator_checkpoint: {checkpoint} does not exist. Download "
+            raise MissingFileError(f"eval.pose_estimator_checkpoint: {checkpoint} does not exist. Download "
                                     f"{checkpoint_hint(config)} and point eval.pose_estimator_checkpoint at it.")
     if "quality" in metrics and quality_feature is None:
         from grpose.eval.quality import resolve_inception_weights
@@ -99,7 +100,7 @@ def score_quality(records: Sequence[dict[str, Any]], layout: RunLayout, protocol
     groups = _by_scenario(records)
     kept = {name: positions for name, positions in groups.items() if len(positions) >= min_scenario_images}
     if not kept:
-        raise ValueError(f"FID/KID: no scenario has at least {min_scenario_images} images (eval.min_scenario_images); "
+        raise EvalInputError(f"FID/KID: no scenario has at least {min_scenario_images} images (eval.min_scenario_images); "
                          f"evaluate more samples or drop 'quality' from eval.metrics")
     scenarios = {
         name: ([layout.resolve(records[i]["real_image"]) for i in positions],
@@ -129,7 +130,7 @@ def score_run(records: Sequence[dict[str, Any]], layout: RunLayout, eval_cfg: Di
     """Every metric of `eval_cfg.metrics` on the manifest records. `quality_feature` replaces Inception and
     `pose_estimator` (anything with `.predict(list of uint8 RGB arrays)`) the configured estimator."""
     if not records:
-        raise ValueError(f"{layout.run_dir}: no images to score")
+        raise EvalInputError(f"{layout.run_dir}: no images to score")
     protocol = eval_cfg.protocol
     results: dict[str, Any] = {}
     if "pose" in eval_cfg.metrics:

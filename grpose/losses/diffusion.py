@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.functional import gaussian_blur
 
-# A blurred black (-1) background can land a hair above -1 in float32 (reference-notes section 2.1), so a pixel
+# A blurred black (-1) background can land a hair above -1 in float32, so a pixel
 # counts as skeleton only clearly above it.
 _BACKGROUND_MARGIN = 1e-3
 
@@ -26,7 +26,7 @@ def pose_region_mask(pose_image: torch.Tensor, latent_size: tuple[int, int], ker
 def diffusion_loss(noise_pred: torch.Tensor, noise: torch.Tensor, region_mask: torch.Tensor | None = None,
                    region_weight: float = 1.0) -> torch.Tensor:
     """Per-sample epsilon MSE, [B]. With a mask, cells inside it weigh `region_weight` and the rest 1
-    (mean over c, h, w of (w M + (1 - M)) * (eps_hat - eps)^2, reference-notes section 2.1)."""
+    (mean over c, h, w of (w M + (1 - M)) * (eps_hat - eps)^2, docs/release_differences.md)."""
     error = (noise_pred.float() - noise.float()) ** 2
     if region_mask is not None and region_weight != 1.0:
         mask = region_mask.float()

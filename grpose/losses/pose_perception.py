@@ -9,18 +9,19 @@ from typing import Any, Optional
 
 import torch
 from torch import nn
+from ..errors import ConfigError, MissingFileError
 
 
 class PosePerceptionLoss(nn.Module):
     """alpha * L_p per sample, with L_p = mean over compared features of mean((phi(x0_hat) - phi(x0))^2).
 
-    The mean runs over channels too, as in the release (reference-notes 2.2 step 5); the paper's eq. 9 sums the
+    The mean runs over channels too, as in the release; the paper's eq. 9 sums the
     channels (a squared L2 norm per position) and averages over positions only, i.e. C times larger.
 
     `backbone` maps B x 3 x H x W RGB images in [-1, 1] to a list of feature maps (`PoseBackbone`); it is
     frozen and kept in eval mode. Ground-truth features are computed without gradient; the prediction's
     features carry gradient back to `pred_images` (and through the VAE decode to the adapter), unlike the
-    released code, whose L_p was computed on detached numpy images (reference-notes 2.2).
+    released code, whose L_p was computed on detached numpy images (docs/release_differences.md).
 
     alpha_bar_weight: also multiply by alpha_bar_t, as the release does (not in the paper).
     max_timestep: samples with t >= max_timestep get no L_p (x0_hat is mostly noise there).
@@ -104,10 +105,10 @@ class PoseLossSchedule:
 
     def __init__(self, start_epoch: Optional[int] = None, start_step: Optional[int] = None):
         if start_epoch is not None and start_step is not None:
-            raise ValueError("PoseLossSchedule: give loss.pose_perception.start_epoch or start_step, not both")
+            raise ConfigError("PoseLossSchedule: give loss.pose_perception.start_epoch or start_step, not both")
         for name, value in (("start_epoch", start_epoch), ("start_step", start_step)):
             if value is not None and value < 0:
-                raise ValueError(f"PoseLossSchedule: loss.pose_perception.{name} must be >= 0, got {value}")
+                raise ConfigError(f"PoseLossSchedule: loss.pose_perception.{name} must be >= 0, got {value}")
         self.start_epoch = start_epoch
         self.start_step = start_step
 
@@ -140,7 +141,7 @@ def build_pose_perception_loss(cfg: Any) -> PosePerceptionLoss:
     config_path = resolve_mmpose_config(cfg.network_config)
     checkpoint = cfg.network_checkpoint
     if checkpoint is not None and not Path(checkpoint).expanduser().is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"loss.pose_perception.network_checkpoint: {checkpoint} does not exist. Download "
             f"{checkpoint_hint(config_path)} to that path, or set loss.pose_perception.network_checkpoint to "
             f"where it is.")

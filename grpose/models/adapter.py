@@ -53,7 +53,7 @@ def _to_list(value) -> list:
 
 
 class GraphPoseAdapter(ModelMixin, ConfigMixin):
-    """GRPose's Graph Pose Adapter (paper section 3, SPEC section 2).
+    """GRPose's Graph Pose Adapter (paper section 3).
 
     A copy of the SD1.5 UNet encoder (conv_in, time embedding, 4 down blocks) and middle block. The first ResNet
     block of every level in `pgi_levels` is a ProgressiveGraphIntegrator fed with that level's PoseEncoder

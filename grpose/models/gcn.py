@@ -18,7 +18,7 @@ def gather_neighbours(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor
 class GraphConv(nn.Module):
     """One graph convolution on a B x C x H x W map with a dynamic KNN graph (every pixel a node).
 
-    `kind="edgeconv"` is what the authors' released code runs (Vision-GNN style, reference-notes section 1.5):
+    `kind="edgeconv"` is what the authors' released code runs (Vision-GNN style, docs/release_differences.md):
         u = BN(conv1x1(z)); e_ij = [u_i, u_j - u_i]; out_i = max_j ReLU(W_g e_ij) + z
     with W_g a 1x1 convolution with `groups` groups. Because W_g is linear and ReLU is monotone, the max over
     neighbours is taken after projecting the nodes once (max_j ReLU(P u_j - P u_i + b) = ReLU(max_j P u_j - P u_i

@@ -6,6 +6,10 @@ import math
 
 import torch
 
+# The profiler range every KNN search runs in (scripts/benchmark.py reports its share of the step); without a
+# running profiler `record_function` is a no-op context.
+KNN_PROFILER_RANGE = "grpose.knn_graph"
+
 
 @torch.no_grad()
 def knn_graph(nodes: torch.Tensor, k: int, chunk_mb: float = 256.0) -> torch.Tensor:
@@ -24,7 +28,7 @@ def knn_graph(nodes: torch.Tensor, k: int, chunk_mb: float = 256.0) -> torch.Ten
     rows = max(1, min(num_nodes, int(chunk_mb * 2**20 // bytes_per_row)))
     chunks = []
     # float32 search, also under autocast: bf16/fp16 similarities change the neighbour sets of many nodes.
-    with torch.autocast(nodes.device.type, enabled=False):
+    with torch.profiler.record_function(KNN_PROFILER_RANGE), torch.autocast(nodes.device.type, enabled=False):
         unit = torch.nn.functional.normalize(nodes.float(), dim=1)
         keys = unit.transpose(1, 2)  # B x N x C
         for start in range(0, num_nodes, rows):

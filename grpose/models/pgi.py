@@ -27,7 +27,7 @@ class GraphFusion(nn.Module):
 
 
 class ProgressiveGraphIntegrator(nn.Module):
-    """PGI(x, temb, pose) (SPEC section 2, reference-notes section 1.4):
+    """PGI(x, temb, pose) (paper section 3.2; docs/release_differences.md):
 
         h = GroupNorm(conv1(SiLU(x)) + time_emb_proj(SiLU(temb)))      GroupNorm without affine parameters
         c = pose_conv(pose)

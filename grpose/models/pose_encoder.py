@@ -18,7 +18,7 @@ class PoseEncoder(nn.Module):
     """3x3 convs + SiLU: stem 3->s0 -> s1 (stride 2) -> s1 -> s2 (stride 2) -> s2, i.e. the image at 1/4 size,
     then four stride-2 stages to 1/8, 1/16, 1/32, 1/64 of the image (the latent's four UNet levels).
 
-    With the SPEC's sizes (stem 32/64/128, levels 192/256/384/512) a 512x512 pose gives 192@64, 256@32, 384@16 and
+    With the release's sizes (stem 32/64/128, levels 192/256/384/512) a 512x512 pose gives 192@64, 256@32, 384@16 and
     512@8. Every emitted feature passes through its own zero-initialised 3x3 conv, so at initialisation all pose
     features are exactly zero; the chain continues from the features before that conv.
     """

@@ -1,0 +1,79 @@
+"""Reading weight files safely: one reader for every .safetensors / .ckpt / .pt / .pth / .bin the project opens.
+
+Torch pickles are read with `weights_only=True`, which refuses any file that would run code when loaded; the
+only way around it is an explicit `trust_pickle=True` that a user passes for a file they vouch for.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import MissingFileError, WeightsError
+
+TORCH_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+
+
+def read_checkpoint(path: str | Path, trust_pickle: bool = False, hint: str = "") -> Any:
+    """Load a torch pickle or a .safetensors file on the CPU, without unwrapping anything.
+
+    `hint` is appended to error messages (e.g. where to get the right file).
+    """
+    path = Path(path).expanduser()
+    tail = f"; {hint}" if hint else ""
+    if not path.is_file():
+        raise MissingFileError(f"{path} does not exist (or is not a file){tail}")
+    if path.suffix.lower() == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except (SafetensorError, OSError) as err:
+            raise WeightsError(f"cannot read {path} as safetensors ({first_line(err)}): the file is damaged or "
+                               f"not a safetensors file{tail}") from None
+    if path.suffix.lower() not in TORCH_SUFFIXES:
+        raise WeightsError(f"unsupported weights file {path}: expected .safetensors or one of "
+                           f"{', '.join(TORCH_SUFFIXES)}{tail}")
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=not trust_pickle,
+                          mmap=zipfile.is_zipfile(path))
+    except pickle.UnpicklingError as err:
+        raise WeightsError(
+            f"{path} holds objects other than tensors ({first_line(err)}); it was refused because loading it "
+            "would run code. If you trust the file, pass --trust-pickle (trust_pickle=True)") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise WeightsError(f"cannot read {path} as a torch checkpoint ({first_line(err)}){tail}") from None
+
+
+def state_dict_of(checkpoint: Any, path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint, unwrapping (nested) top-level `state_dict` entries."""
+    while isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict):
+        checkpoint = checkpoint["state_dict"]
+    if not isinstance(checkpoint, dict):
+        raise WeightsError(f"{path} does not hold a state dict (found {type(checkpoint).__name__})")
+    return {k: v for k, v in checkpoint.items() if isinstance(v, torch.Tensor)}
+
+
+def compare_state_dicts(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor]
+                        ) -> tuple[list[str], list[str], list[str]]:
+    """(missing, unexpected, differently shaped) keys of `given` against `expected`, each sorted."""
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(given) if tuple(expected[k].shape) != tuple(given[k].shape))
+    return missing, unexpected, wrong
+
+
+def few(items: list[str], limit: int = 20) -> str:
+    """A readable excerpt of a long key list."""
+    shown = ", ".join(items[:limit])
+    return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
+
+
+def first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
