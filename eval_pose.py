@@ -30,7 +30,8 @@ from grpose.eval.settings import evaluated_count, resolve_eval_settings
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="the experiment's YAML preset (data, model, sampling)")
-    parser.add_argument("--ckpt", help="train.py checkpoint (.ckpt) or exported adapter folder / .safetensors")
+    parser.add_argument("--ckpt", help="train.py checkpoint (.ckpt) or exported adapter folder / .safetensors "
+                                       "(not with model.adapter=none, which evaluates the base alone)")
     parser.add_argument("--protocol", choices=("paper", "standard"), help="metric protocol (default: paper)")
     parser.add_argument("--limit", type=int, help="evaluate only the first N test samples")
     parser.add_argument("--metrics", help="comma-separated subset of pose,quality,clip; 'none' only generates")
@@ -40,8 +41,6 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                                          "(without it, --score-only re-scores the run's own images)")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides; eval.* keys set evaluation options")
     args = parser.parse_intermixed_args(argv)  # key=value overrides may sit between flags
-    if not args.score_only and args.ckpt is None:
-        parser.error("--ckpt is required unless --score-only is given")
     if args.images is not None and not args.score_only:
         parser.error("--images is only used with --score-only")
     return args

@@ -42,7 +42,7 @@ class DataConfig:
 class ModelConfig:
     base: str = "sd15"  # architecture of the frozen base: sd15 | tiny (shipped configs)
     pretrained: Optional[str] = "models/v1-5-pruned.safetensors"  # diffusers folder or single file; null = random
-    adapter: str = "grpose"  # grpose | controlnet
+    adapter: str = "grpose"  # grpose | controlnet | none (the frozen base alone: sampling and evaluation only)
     adapter_weights: Optional[str] = None  # initial adapter weights from prepare_weights.py (safetensors)
     pgi_levels: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
     graphs: list[str] = field(default_factory=lambda: ["latent", "pose", "fuse"])  # #Graph ablation
@@ -174,7 +174,7 @@ class ExperimentConfig:
 _CHOICES = {
     "data.dataset": ("synthetic", "humanart", "laion_human"),
     "model.base": ARCHS,
-    "model.adapter": ("grpose", "controlnet"),
+    "model.adapter": ("grpose", "controlnet", "none"),
     "model.graph_type": ("edgeconv", "gcn"),
     "trainer.precision": TRAINER_PRECISIONS,
     "trainer.logger": ("tensorboard", "csv"),

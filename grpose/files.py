@@ -43,8 +43,11 @@ def read_checkpoint(path: str | Path, trust_pickle: bool = False, hint: str = ""
         return torch.load(str(path), map_location="cpu", weights_only=not trust_pickle,
                           mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as err:
+        if not _refused_global(err):  # not a refusal: the bytes are no pickle at all
+            raise WeightsError(f"cannot read {path} as a torch checkpoint ({_pickle_reason(err)}): the file is "
+                               f"damaged or not a checkpoint{tail}") from None
         raise WeightsError(
-            f"{path} holds objects other than tensors ({first_line(err)}); it was refused because loading it "
+            f"{path} holds objects other than tensors ({_pickle_reason(err)}); it was refused because loading it "
             "would run code. If you trust the file, pass --trust-pickle (trust_pickle=True)") from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise WeightsError(f"cannot read {path} as a torch checkpoint ({first_line(err)}){tail}") from None
@@ -77,3 +80,18 @@ def few(items: list[str], limit: int = 20) -> str:
 def first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
+
+
+def _refused_global(err: pickle.UnpicklingError) -> bool:
+    """Whether torch's weights-only unpickler refused a callable or class (as opposed to unreadable bytes)."""
+    text = str(err)
+    return "GLOBAL" in text or "Unsupported global" in text
+
+
+def _pickle_reason(err: pickle.UnpicklingError) -> str:
+    """The informative line of torch's long weights-only message."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    for line in lines:
+        if "GLOBAL" in line or line.startswith(("Unsupported", "Trying to load")):
+            return line
+    return lines[0] if lines else type(err).__name__

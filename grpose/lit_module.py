@@ -9,6 +9,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.checkpoint import checkpoint
 
+from .errors import ConfigError
 from .losses.diffusion import diffusion_loss, pose_region_mask
 from .models.adapter import build_adapter
 from .pipeline import GRPosePipeline, sampling_options
@@ -30,6 +31,9 @@ class GRPoseLitModule(pl.LightningModule):
         per-device batch times gradient accumulation, by which `optim.scale_lr` multiplies the lr (with the world
         size). `parts`: an already built frozen base (else built from `model.base` / `model.pretrained`)."""
         super().__init__()
+        if model.adapter == "none":
+            raise ConfigError("model.adapter=none is the frozen base alone: there is nothing to train. Evaluate it "
+                              "with `python eval_pose.py --config CONFIG model.adapter=none` (no --ckpt)")
         self.model_cfg, self.loss_cfg, self.optim_cfg, self.sampling_cfg = model, loss, optim, sampling
         self.lr_scale_batch = int(lr_scale_batch)
         self.tf32 = bool(tf32)

@@ -65,7 +65,8 @@ class GRPosePipeline:
     to the frozen dtype when it is a half type.
     """
 
-    def __init__(self, parts: StableDiffusionParts, adapter: torch.nn.Module, scheduler=None):
+    def __init__(self, parts: StableDiffusionParts, adapter: Optional[torch.nn.Module], scheduler=None):
+        """`adapter` None samples the base alone, from the prompt only (paper Table 1's "SD" row)."""
         self.parts = parts
         self.adapter = adapter
         self.scheduler = scheduler if scheduler is not None else make_scheduler("ddim")
@@ -138,7 +139,8 @@ class GRPosePipeline:
             # nn.Module.to, not ModelMixin.to: diffusers warns on every dtype cast although none of these modules
             # keeps parts in float32.
             torch.nn.Module.to(module, device=device, dtype=dtype)
-        torch.nn.Module.to(self.adapter, device=device, dtype=torch.float32)
+        if self.adapter is not None:
+            torch.nn.Module.to(self.adapter, device=device, dtype=torch.float32)
         return self
 
     @torch.no_grad()
@@ -160,8 +162,10 @@ class GRPosePipeline:
         if eta != 0.0 and "eta" not in step_parameters:
             raise ConfigError(f"eta={eta} only applies to DDIM; {type(self.scheduler).__name__} has no eta.")
         device, dtype = self.device, self.dtype
-        was_training = self.adapter.training
-        self.adapter.eval()
+        adapter = self.adapter
+        was_training = adapter is not None and adapter.training
+        if adapter is not None:
+            adapter.eval()
         with inference_autocast(device, dtype):
             pose = pose_images.to(device=device, dtype=dtype)
             latent_hw = (pose.shape[-2] // self.vae_factor, pose.shape[-1] // self.vae_factor)
@@ -186,11 +190,13 @@ class GRPosePipeline:
                 step_kwargs["eta"] = eta
             if "generator" in step_parameters:
                 step_kwargs["generator"] = generators
-            pose_condition = self.adapter.encode_pose(pose)  # timestep-independent: once per call, not per step
+            # timestep-independent: once per call, not per step
+            pose_condition = adapter.encode_pose(pose) if adapter is not None else None
             for t in tqdm(self.scheduler.timesteps, desc="sampling", disable=not progress, leave=False):
                 model_in = torch.cat([latents, latents]) if use_cfg else latents
                 model_in = self.scheduler.scale_model_input(model_in, t)
-                down, mid = self.adapter(model_in, t, text, pose_condition, conditioning_scale=conditioning_scale)
+                down, mid = (adapter(model_in, t, text, pose_condition, conditioning_scale=conditioning_scale)
+                             if adapter is not None else (None, None))
                 eps = self.parts.unet(model_in, t, encoder_hidden_states=text, down_block_additional_residuals=down,
                                       mid_block_additional_residual=mid).sample
                 if use_cfg:
@@ -198,7 +204,8 @@ class GRPosePipeline:
                     eps = eps_negative + guidance_scale * (eps_prompt - eps_negative)
                 latents = self.scheduler.step(eps, t, latents, **step_kwargs).prev_sample
             images = self.decode(latents)
-        self.adapter.train(was_training)
+        if adapter is not None:
+            adapter.train(was_training)
         return images
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

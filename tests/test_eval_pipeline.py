@@ -33,7 +33,10 @@ MOBILENET = "associative_embedding/coco/mobilenetv2_coco_512x512.py"
 NUM_SAMPLES = 6
 # The synthetic evaluation split (seed 1) is what PoseDataModule builds for data.dataset=synthetic.
 # guidance 1 (no classifier-free guidance) halves the sampling cost; the pipeline's CFG has its own tests.
-OVERRIDES = TINY_OVERRIDES + [f"data.synthetic_val_size={NUM_SAMPLES}", "sampling.guidance_scale=1.0"]
+# eval.drop_last=false: these tests score all 6 samples under both protocols (test_paper_protocol_drops_the_last_partial_batch
+# covers the release's drop_last).
+OVERRIDES = TINY_OVERRIDES + [f"data.synthetic_val_size={NUM_SAMPLES}", "sampling.guidance_scale=1.0",
+                              "eval.drop_last=false"]
 
 
 def dataset():
@@ -308,3 +311,17 @@ def test_table1_row_and_markdown():
     markdown = render_markdown(report)
     assert "| grpose | 47.80 | 70.12 | 1.25 | 11.20 | n/a | – |" in markdown
     assert "| dance | 2 | n/a | 2.00 | 11.20 | n/a |" in markdown and "(fewer than 2 images): mural." in markdown
+
+
+def test_paper_protocol_drops_the_last_partial_batch(tiny_checkpoint, tmp_path):
+    """The release's test loader has drop_last=True: of 6 samples in batches of 4, the last 2 are never generated
+    nor scored. `paper` does the same, `standard` keeps them, and the switch overrides either."""
+    folder, _ = tiny_checkpoint
+    ckpt = ["--ckpt", str(folder / "tiny.ckpt"), "--metrics", "none"]
+    counts = {}
+    for run_name, extra in (("paper", ["--protocol", "paper", "eval.drop_last=null"]),
+                            ("standard", ["--protocol", "standard", "eval.drop_last=null"]),
+                            ("standard_dropping", ["--protocol", "standard", "eval.drop_last=true"])):
+        run(folder, tmp_path, *ckpt, *extra, f"--run={run_name}")
+        counts[run_name] = len(read_manifest(RunLayout(tmp_path / run_name).manifest))
+    assert counts == {"paper": 4, "standard": 6, "standard_dropping": 4}

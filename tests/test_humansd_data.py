@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from grpose.config import DataConfig
+from grpose.errors import DataError
 from grpose.data.datamodule import SKIPPED_KEY, BadSampleReporter, PoseDataModule
 from grpose.data.humanart import (
     HUMANART_VAL_SCENARIOS,
@@ -234,7 +235,7 @@ def test_missing_root_and_mapping_are_explained(tmp_path):
 
 def test_malformed_mapping_names_the_entry(tmp_path):
     (tmp_path / "m.json").write_text(json.dumps({"x1": {"img_path": "a.jpg", "prompt": "p"}}))
-    with pytest.raises(ValueError, match=r"x1.*pose_path"):
+    with pytest.raises(DataError, match=r"x1.*pose_path"):
         HumanSDPoseDataset(tmp_path, "m.json")
 
 

@@ -267,7 +267,7 @@ def test_sd15_config_rejects_unknown_names_and_returns_copies():
     cfg = sd15_config("tiny", "unet")
     cfg["block_out_channels"] = [1]
     assert sd15_config("tiny", "unet")["block_out_channels"] == [32, 32, 64, 64]
-    with pytest.raises(ValueError, match="Unknown SD1.5 arch 'sdxl'"):
+    with pytest.raises(ValueError, match="unknown SD1.5 arch 'sdxl'"):
         sd15_config("sdxl", "unet")
     with pytest.raises(ValueError, match="Unknown SD1.5 part 'clip'"):
         sd15_config("tiny", "clip")
@@ -314,7 +314,7 @@ def test_full_size_sd15_single_file_layout_converts_on_meta_device():
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from grpose.sd15 import _parts_from_ldm_state_dict
+    from grpose.sd15.single_file import parts_from_ldm_state_dict
 
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(sd15_config("sd15", "unet"))
@@ -351,7 +351,7 @@ def test_full_size_sd15_single_file_layout_converts_on_meta_device():
         assert tuple(ldm[key].shape) == shape, key
     assert sum(k.startswith("model.diffusion_model.") for k in ldm) == len(unet.state_dict())
 
-    got_unet, got_vae, got_text = _parts_from_ldm_state_dict(ldm, "sd15", Path("v1-5-pruned.safetensors"))
+    got_unet, got_vae, got_text = parts_from_ldm_state_dict(ldm, "sd15", Path("v1-5-pruned.safetensors"))
     for ref, got in ((unet, got_unet), (vae, got_vae), (text, got_text)):
         ref_sd, got_sd = ref.state_dict(), got.state_dict()
         assert sorted(ref_sd) == sorted(got_sd)
@@ -418,11 +418,11 @@ def test_wrong_files_give_clear_errors(tiny_parts, tmp_path):
     garbage.write_bytes(b"not a checkpoint at all" * 10)
     with pytest.raises(ValueError) as excinfo:
         build_sd15(arch="tiny", weights=str(garbage))
-    assert "Cannot read" in _one_line_error(excinfo)
+    assert "cannot read" in _one_line_error(excinfo) and "damaged or not a checkpoint" in _one_line_error(excinfo)
 
     wrong_ext = tmp_path / "weights.txt"
     wrong_ext.write_text("hello")
-    with pytest.raises(ValueError, match="Unsupported weights file"):
+    with pytest.raises(ValueError, match="unsupported weights file"):
         build_sd15(arch="tiny", weights=str(wrong_ext))
 
     # A tiny checkpoint read as full SD1.5 fails on shapes before any weights are allocated.

@@ -44,6 +44,7 @@ def files(tmp_path_factory):
     torch.save({"state_dict": {"model.diffusion_model.x": torch.zeros(1)}}, root / "not_an_adapter.ckpt")
     (root / "mapping.json").write_text(json.dumps({"a": {"img_path": "a.jpg", "prompt": "p", "pose_path": "a.npz"}}))
     (root / "exists.safetensors").write_bytes(b"")
+    (root / "pose.json").write_text(json.dumps([[[10 + 2 * i, 20 + i, 1.0] for i in range(17)]]))
     return root
 
 
@@ -61,6 +62,10 @@ CASES = [
      "no checkpoint at"),
     ("frozen-dtype-needs-mixed", "train.py", [*TINY, "model.frozen_dtype=bf16"], "needs a mixed trainer.precision"),
     ("missing-sd15-weights", "train.py", [*TINY, "model.pretrained={root}/nothing"], "SD1.5 weights not found"),
+    ("train-the-base-alone", "train.py", [*TINY, "model.adapter=none"], "there is nothing to train"),
+    ("eval-without-ckpt", "eval_pose.py", [*TINY], "--ckpt is required"),
+    ("eval-base-alone-with-ckpt", "eval_pose.py", [*TINY, "model.adapter=none", "--ckpt", "{root}/adapter_k4"],
+     "model.adapter=none samples the base alone"),
     ("eval-corrupt-safetensors", "eval_pose.py", [*TINY, "--ckpt", "{root}/corrupt.safetensors"],
      "cannot read {root}/corrupt.safetensors as safetensors"),
     ("eval-corrupt-ckpt", "eval_pose.py", [*TINY, "--ckpt", "{root}/corrupt.ckpt"], "cannot read {root}/corrupt.ckpt"),
@@ -89,7 +94,7 @@ CASES = [
       "{root}/none.json", "--resolution", "64"], "none.json"),
     ("pose2img-corrupt-adapter", "scripts/pose2img.py",
      ["--sd15", "random", "--arch", "tiny", "--adapter", "{root}/corrupt.safetensors", "--prompt", "x", "--pose",
-      "{root}/mapping.json", "--resolution", "64"], "corrupt.safetensors"),
+      "{root}/pose.json", "--resolution", "64"], "corrupt.safetensors"),
     ("check-dataset-missing-root", "scripts/check_dataset.py", ["{root}/no_dataset", "mapping.json"],
      "does not exist"),
     ("check-dataset-missing-mapping", "scripts/check_dataset.py", ["{root}", "missing.json"],

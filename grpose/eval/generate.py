@@ -75,7 +75,7 @@ class PipelineGenerator(nn.Module):
     def __init__(self, pipeline: GRPosePipeline, options: dict[str, Any]):
         super().__init__()
         self.unet, self.vae, self.text_encoder = pipeline.parts.unet, pipeline.parts.vae, pipeline.parts.text_encoder
-        self.adapter = pipeline.adapter
+        self.adapter = pipeline.adapter  # None: the base alone
         self.pipeline = pipeline
         self.options = options
 
@@ -83,23 +83,33 @@ class PipelineGenerator(nn.Module):
         return self.pipeline(prompts, pose_images, seeds, **self.options, progress=False)
 
 
-def load_generator(cfg: DictConfig, ckpt: str) -> PipelineGenerator:
+def load_generator(cfg: DictConfig, ckpt: Optional[str]) -> PipelineGenerator:
     """The experiment's frozen base + the adapter in `ckpt` (any file the adapter loader reads; its architecture
-    must be the config's), sampling with the config's `sampling` settings."""
-    if not Path(ckpt).expanduser().exists():
-        raise MissingFileError(f"--ckpt {ckpt} does not exist; give a checkpoint written by train.py "
-                               f"(experiments/<name>/checkpoints/*.ckpt) or an exported adapter folder")
-    adapter = load_adapter(ckpt, expected=cfg.model)
+    must be the config's), sampling with the config's `sampling` settings. `model.adapter: none` samples the base
+    alone (no `ckpt`)."""
+    adapter = None
+    if cfg.model.adapter == "none":
+        if ckpt is not None:
+            raise ConfigError(f"--ckpt {ckpt} was given, but model.adapter=none samples the base alone; drop one")
+    else:
+        if ckpt is None:
+            raise ConfigError("--ckpt is required: the adapter to evaluate (a train.py checkpoint or an exported "
+                              "adapter folder); model.adapter=none evaluates the base alone")
+        if not Path(ckpt).expanduser().exists():
+            raise MissingFileError(f"--ckpt {ckpt} does not exist; give a checkpoint written by train.py "
+                                   f"(experiments/<name>/checkpoints/*.ckpt) or an exported adapter folder")
+        adapter = load_adapter(ckpt, expected=cfg.model).requires_grad_(False).eval()
     parts = build_sd15(cfg.model.base, cfg.model.pretrained, torch_dtype=torch_dtype(cfg.model.frozen_dtype))
-    pipeline = GRPosePipeline(parts, adapter.requires_grad_(False).eval())
+    pipeline = GRPosePipeline(parts, adapter)
     return PipelineGenerator(pipeline, sampling_options(cfg.sampling, cfg.model.conditioning_scale))
 
 
-def generation_settings(cfg: DictConfig, generator: PipelineGenerator, ckpt: str) -> dict[str, Any]:
+def generation_settings(cfg: DictConfig, generator: PipelineGenerator, ckpt: Optional[str]) -> dict[str, Any]:
     """Everything that decides a generated image besides the sample itself; stored in `generation.json`."""
     s = cfg.sampling
     return {
-        "checkpoint": str(Path(ckpt).expanduser().resolve()),
+        "checkpoint": str(Path(ckpt).expanduser().resolve()) if ckpt is not None else None,
+        "adapter": cfg.model.adapter,
         "base_model": cfg.model.pretrained,
         "frozen_dtype": cfg.model.frozen_dtype,
         "sampler": type(generator.pipeline.scheduler).__name__,
