@@ -22,6 +22,7 @@ from torch import nn
 
 from .config import ConfigError, ExperimentConfig, ModelConfig, validate
 from .models.adapter import ControlNetBaseline, GraphPoseAdapter, build_adapter, copy_matching_weights
+from .safe_pickle import unsafe_globals_in_torch_pickle
 from .sd15 import compare_state_dicts, sd15_config
 
 # `_class_name` in a diffusers config.json -> the class that loads it. A plain diffusers ControlNetModel folder is
@@ -65,7 +66,7 @@ def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> Any:
         return torch.load(str(path), map_location="cpu", weights_only=not trust_pickle,
                           mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as err:
-        first = str(err).splitlines()[0]
+        first = ", ".join(unsafe_globals_in_torch_pickle(path, err)) or str(err).splitlines()[0]
         raise WeightsError(
             f"{path} holds objects other than tensors ({first}). If you trust the file, load it with "
             "trust_pickle=True (--trust-pickle on the command line): that runs the code in the pickle."
