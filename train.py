@@ -78,7 +78,8 @@ def main(argv: Optional[list[str]] = None) -> pl.Trainer:
         num_sanity_val_steps=t.num_sanity_val_steps, enable_progress_bar=t.enable_progress_bar,
         logger=logger, callbacks=callbacks, default_root_dir=run_dir,
     )
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    # weights_only: a resumed checkpoint is a pickle; never run code from it, whatever torch's default is
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     return trainer
 
 

@@ -14,14 +14,16 @@ from typing import Any
 import torch
 
 from .errors import MissingFileError, WeightsError
+from .safe_pickle import unsafe_globals_in_torch_pickle
 
 TORCH_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
 
-def read_checkpoint(path: str | Path, trust_pickle: bool = False, hint: str = "") -> Any:
+def read_checkpoint(path: str | Path, trust_pickle: bool = False, hint: str = "", can_trust: bool = True) -> Any:
     """Load a torch pickle or a .safetensors file on the CPU, without unwrapping anything.
 
-    `hint` is appended to error messages (e.g. where to get the right file).
+    `hint` is appended to error messages (e.g. where to get the right file); `can_trust` says whether the caller
+    offers the `--trust-pickle` opt-in (the refusal message then names it).
     """
     path = Path(path).expanduser()
     tail = f"; {hint}" if hint else ""
@@ -46,9 +48,11 @@ def read_checkpoint(path: str | Path, trust_pickle: bool = False, hint: str = ""
         if not _refused_global(err):  # not a refusal: the bytes are no pickle at all
             raise WeightsError(f"cannot read {path} as a torch checkpoint ({_pickle_reason(err)}): the file is "
                                f"damaged or not a checkpoint{tail}") from None
-        raise WeightsError(
-            f"{path} holds objects other than tensors ({_pickle_reason(err)}); it was refused because loading it "
-            "would run code. If you trust the file, pass --trust-pickle (trust_pickle=True)") from None
+        names = ", ".join(unsafe_globals_in_torch_pickle(path, err)) or _pickle_reason(err)
+        remedy = ("If you trust the file, pass --trust-pickle (trust_pickle=True)" if can_trust else
+                  "Use a .safetensors copy of the weights")
+        raise WeightsError(f"{path} holds objects other than tensors ({names}); it was refused because loading it "
+                           f"would run code. {remedy}{tail}") from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise WeightsError(f"cannot read {path} as a torch checkpoint ({first_line(err)}){tail}") from None
 

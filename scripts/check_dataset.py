@@ -28,6 +28,7 @@ from grpose.data.humanart import (
     load_rgb_image,
     resolve_mapping_path,
 )
+from grpose.safe_pickle import UnsafePickleError  # noqa: E402
 
 
 @dataclass
@@ -66,7 +67,7 @@ def check_sample(root: Path, entry: MappingEntry, score_threshold: float) -> Sam
     else:
         try:
             persons = load_pose_npz(pose_path)
-        except BadSampleError as err:
+        except (BadSampleError, UnsafePickleError) as err:  # a refused pickle is listed as a bad pose too
             report.pose_error = "malformed"
             messages.append(str(err))
         else:

@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 
 from grpose.data.skeleton import pack_persons, pose_image_to_tensor, render_skeleton
 from ..errors import ConfigError, DataError, MissingFileError
+from ..safe_pickle import UnsafePickleError, read_npz
 
 log = logging.getLogger(__name__)
 
@@ -105,15 +106,17 @@ def load_pose_npz(path: str | os.PathLike) -> np.ndarray:
     """Persons of a HumanSD pose file as float64 [P, 17, 3] (x, y, score in the source image's pixels).
 
     The file's `arr_0` is a pickled list of per-person dicts with a 17x3 `keypoints` entry (mmpose output); a plain
-    numeric [P, 17, 3] array is accepted as well. Raises `BadSampleError` naming the file when it is malformed.
+    numeric [P, 17, 3] array is accepted as well. Raises `BadSampleError` naming the file when it is malformed, and
+    `UnsafePickleError` (never skipped) when its pickle asks for anything but numpy arrays and plain containers.
     """
     try:
-        # The HumanSD format is a pickled object array; only load pose files from a source you trust.
-        with np.load(path, allow_pickle=True) as data:
-            if "arr_0" not in data.files:
-                raise BadSampleError(f"pose file {path} has no 'arr_0' array (found {data.files})")
-            persons = data["arr_0"]
-    except BadSampleError:
+        # The HumanSD format is a pickled object array: unpickled without running code (UnsafePickleError is
+        # never a skippable bad sample, a crafted file means the data source is not what it claims).
+        arrays = read_npz(path, what="pose file")
+        if "arr_0" not in arrays:
+            raise BadSampleError(f"pose file {path} has no 'arr_0' array (found {list(arrays)})")
+        persons = arrays["arr_0"]
+    except (BadSampleError, UnsafePickleError):
         raise
     except _NPZ_ERRORS as err:
         raise BadSampleError(f"cannot read pose file {path}: {type(err).__name__}: {err}") from err

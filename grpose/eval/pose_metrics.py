@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 from ..errors import MissingExtraError
 
+from grpose.eval.finite_inputs import drop_nonfinite
+
 PROTOCOLS = ("standard", "paper")
 
 #: COCO-17 per-keypoint OKS sigmas (COCO keypoint evaluation; xtcocotools' and pycocotools' defaults).
@@ -411,6 +413,10 @@ def pose_metrics(
     metric is the mean over batches of the per-batch values. A batch whose value is -1 (no GT person in it, or none
     in that area bin) is skipped for that metric: the release would average the -1 in, which nobody intends
     (Stable-Pose issue #10). PCE is the mean of per-batch means. A metric undefined everywhere is NaN.
+
+    In both protocols, detections holding NaN/inf are dropped and non-finite GT keypoints count as missing
+    (`grpose.eval.finite_inputs.drop_nonfinite`); the counts come back as `dropped_nonfinite_detections` and
+    `dropped_nonfinite_gt_keypoints`.
     """
     _check_protocol(protocol)
     if len(gt_poses) != len(detections):
@@ -425,6 +431,7 @@ def pose_metrics(
     if n == 0:
         raise ValueError("pose_metrics: no images given.")
     image_ids = list(range(1, n + 1))
+    gt_poses, detections, dropped = drop_nonfinite(gt_poses, detections)
     pce = _person_counts(gt_poses, detections)
 
     if protocol == "standard":
@@ -448,4 +455,4 @@ def pose_metrics(
             per_batch["PCE"].append(float(pce[start : start + batch_size].mean()))
         metrics = {key: (float(np.mean(v)) if v else math.nan) for key, v in per_batch.items()}
     metrics["num_images"] = n
-    return {key: metrics[key] for key in METRIC_KEYS}
+    return {**{key: metrics[key] for key in METRIC_KEYS}, **dropped}

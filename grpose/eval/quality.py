@@ -18,6 +18,8 @@ from torch import nn
 from tqdm.auto import tqdm
 from ..errors import MissingExtraError, MissingFileError
 
+from grpose.safe_pickle import require_weights_only
+
 # torchmetrics/torch-fidelity download this file into $TORCH_HOME/hub/checkpoints; pytorch-fid distributes the
 # same 2015-12-05 TF Inception weights (same hash suffix) as PYTORCH_FID_WEIGHTS_FILENAME.
 INCEPTION_WEIGHTS_FILENAME = "weights-inception-2015-12-05-6726825d.pth"
@@ -121,6 +123,8 @@ def inception_feature_extractor(width: int, weights_path: str | os.PathLike) -> 
         )
     from torchmetrics.image.fid import NoTrainInceptionV3
 
+    # torch-fidelity reads the file with torch.load(weights_only=False): check it holds only tensors first.
+    require_weights_only(weights_path, "Inception weights file")
     return NoTrainInceptionV3(
         name="inception-v3-compat", features_list=[str(width)], feature_extractor_weights_path=str(weights_path)
     )

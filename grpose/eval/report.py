@@ -18,6 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from grpose.errors import EvalInputError, MissingFileError
+from grpose.eval.finite_inputs import nonfinite_report_lines
 from grpose.eval.run_layout import RunLayout
 
 TABLE1_COLUMNS = ("AP", "SAP", "PCE", "FID", "KID", "CLIP-Score")
@@ -205,6 +206,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "|:--" + "|--:" * len(TABLE1_COLUMNS) + "|",
         f"| {report['run']} | " + " | ".join(_fmt(row, c) for c in TABLE1_COLUMNS) + " |",
         "",
+        *nonfinite_report_lines(report.get("pose")),
     ]
     pose_scen = (report.get("pose") or {}).get("scenarios", {})
     quality_scen = (report.get("quality") or {}).get("scenarios", {})

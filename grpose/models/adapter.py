@@ -10,8 +10,8 @@ from diffusers import ControlNetModel, UNet2DConditionModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
+from .checkpointing import checkpoint_module
 from .pgi import GRAPH_NAMES, ProgressiveGraphIntegrator
 from .pose_encoder import PoseEncoder
 
@@ -108,7 +108,7 @@ class GraphPoseAdapter(ModelMixin, ConfigMixin):
 
     def _run(self, module: nn.Module, *args, **kwargs):
         if self.gradient_checkpointing and torch.is_grad_enabled():
-            return checkpoint(module, *args, use_reentrant=False, **kwargs)
+            return checkpoint_module(module, *args, **kwargs)
         return module(*args, **kwargs)
 
     def encode_pose(self, pose_image: torch.Tensor) -> list[torch.Tensor]:

@@ -50,6 +50,7 @@ class GraphConv(nn.Module):
             # no bias: BatchNorm right after removes any per-channel constant (the release's bias is folded
             # into the BN running mean when its checkpoints are converted, grpose/weights.py)
             self.node_proj = nn.Conv2d(channels, channels, 1, bias=False)
+            # running stats update once per step, also under gradient checkpointing (models/checkpointing.py)
             self.node_norm = nn.BatchNorm2d(channels)
             self.edge_conv = nn.Conv2d(2 * channels, channels, 1, groups=groups)
             nn.init.kaiming_normal_(self.edge_conv.weight)

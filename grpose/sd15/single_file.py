@@ -27,7 +27,7 @@ LDM_TEXT_PREFIX = "cond_stage_model.transformer."
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of a .safetensors or torch checkpoint (read safely), a top-level "state_dict" unwrapped."""
-    return state_dict_of(read_checkpoint(path, hint=WEIGHTS_HINT), path)
+    return state_dict_of(read_checkpoint(path, hint=WEIGHTS_HINT, can_trust=False), path)
 
 
 def _require_prefixes(state_dict: dict, prefixes: tuple[str, ...], path: Path) -> None:
