@@ -75,6 +75,27 @@ def compare_state_dicts(expected: dict[str, torch.Tensor], given: dict[str, torc
     return missing, unexpected, wrong
 
 
+def state_dict_mismatch(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor],
+                        names: dict[str, str] | None = None, limit: int = 8) -> str:
+    """'' when `given` fits `expected` exactly, else one line listing the missing, unexpected and differently shaped
+    keys. `names` maps a given key to the name it had in the file, when that differs."""
+    names = names or {}
+
+    def named(key: str) -> str:
+        return f"{names[key]} (-> {key})" if key in names and names[key] != key else key
+
+    missing, unexpected, wrong = compare_state_dicts(expected, given)
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing: {few(missing, limit)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected: {few([named(k) for k in unexpected], limit)}")
+    if wrong:
+        parts.append(f"{len(wrong)} with another shape: " + few(
+            [f"{named(k)} {tuple(given[k].shape)} in the file vs {tuple(expected[k].shape)}" for k in wrong], limit))
+    return "; ".join(parts)
+
+
 def few(items: list[str], limit: int = 20) -> str:
     """A readable excerpt of a long key list."""
     shown = ", ".join(items[:limit])

@@ -10,7 +10,6 @@ import copy
 import os
 import pickle
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, Union
 
@@ -18,7 +17,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from ..errors import MissingExtraError, MissingFileError
+
+from ..errors import MissingExtraError, MissingFileError, WeightsError
+from ..safe_pickle import unsafe_globals_in_torch_pickle
 
 INSTALL_HINT = ("MMPose 0.x is not installed (needed for the pose perception loss and pose evaluation). "
                 "Install it with `bash scripts/install_mmpose.sh` after `pip install -r requirements.txt`.")
@@ -35,6 +36,11 @@ MODEL_ZOO_HINTS = {
 }
 
 PathLike = Union[str, os.PathLike]
+
+
+class PoseCheckpointError(WeightsError, RuntimeError):
+    """An MMPose checkpoint that cannot be read safely or does not fit its config (a RuntimeError too, as MMPose's
+    own loading errors are)."""
 
 
 def require_mmpose():
@@ -158,36 +164,27 @@ def read_pose_checkpoint(path: PathLike, trust_pickle: bool = False) -> dict:
             with torch.serialization.safe_globals(_numpy_safe_globals()):
                 raw = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as err:
-            unsafe = _unsafe_globals(path)
+            unsafe = unsafe_globals_in_torch_pickle(path, err)
             if not unsafe:
-                raise RuntimeError(f"pose model checkpoint {path} is not a readable PyTorch checkpoint: "
-                                   f"{str(err).splitlines()[0]}") from err
-            raise RuntimeError(
+                raise PoseCheckpointError(f"pose model checkpoint {path} is not a readable PyTorch checkpoint: "
+                                   f"{str(err).splitlines()[0]}") from None
+            raise PoseCheckpointError(
                 f"pose model checkpoint {path} could not be loaded safely: it pickles objects outside the "
                 f"allowed tensors/numpy types ({_few(unsafe)}). If it is not a PyTorch/MMPose checkpoint, point "
-                f"the config at the right file; if you trust it, load it with trust_pickle=True.") from err
+                f"the config at the right file; if you trust it, load it with trust_pickle=True.") from None
         except (RuntimeError, KeyError, EOFError, ValueError) as err:
             # what torch.load raises on files that are not checkpoints at all (text, truncated downloads)
-            raise RuntimeError(f"pose model checkpoint {path} is not a readable PyTorch checkpoint "
-                               f"({type(err).__name__}: {err}); download it again") from err
+            raise PoseCheckpointError(f"pose model checkpoint {path} is not a readable PyTorch checkpoint "
+                               f"({type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}); "
+                               f"download it again") from None
     state = raw.get("state_dict", raw) if isinstance(raw, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise RuntimeError(f"pose model checkpoint {path} holds no state dict of tensors (neither under "
+        raise PoseCheckpointError(f"pose model checkpoint {path} holds no state dict of tensors (neither under "
                            f"'state_dict' nor at the top level; top-level keys: {_few(raw)})")
     # checkpoints saved from a DataParallel/DDP-wrapped model prefix every key
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     return dict(state)
-
-
-def _unsafe_globals(path: Path) -> list[str]:
-    """Names of the non-allowed globals a zip-format checkpoint pickles ([] when they cannot be listed)."""
-    if not zipfile.is_zipfile(path):
-        return []
-    try:
-        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
-    except (RuntimeError, pickle.UnpicklingError, ValueError, KeyError):
-        return []
 
 
 def _few(keys: Any, n: int = 5) -> str:
@@ -204,14 +201,14 @@ def load_pose_checkpoint(model: nn.Module, path: PathLike, strict: bool = True, 
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     if strict and (missing or unexpected):
-        raise RuntimeError(
+        raise PoseCheckpointError(
             f"pose model checkpoint {path} does not match the model built from its config: "
             f"{len(missing)} missing keys ({_few(missing)}), {len(unexpected)} unexpected keys "
             f"({_few(unexpected)}). Check that the checkpoint belongs to the configured pose config.")
     wrong_shape = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
                    for k in own if k in state and state[k].shape != own[k].shape]
     if wrong_shape:
-        raise RuntimeError(f"pose model checkpoint {path}: tensor shapes differ from the model "
+        raise PoseCheckpointError(f"pose model checkpoint {path}: tensor shapes differ from the model "
                            f"(checkpoint vs model): {_few(wrong_shape)}")
     model.load_state_dict(state, strict=strict)
 

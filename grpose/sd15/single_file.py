@@ -16,7 +16,7 @@ from diffusers.loaders.single_file_utils import (
 from transformers import CLIPTextModel
 
 from ..errors import WeightsError
-from ..files import compare_state_dicts, read_checkpoint, state_dict_of
+from ..files import read_checkpoint, state_dict_mismatch, state_dict_of
 from .configs import CONFIG_DIR, WEIGHTS_HINT, sd15_config, text_encoder_factory, unet_factory, vae_factory
 
 # Key prefixes of the original LDM single-file layout (v1-5-pruned.ckpt / .safetensors and its fine-tunes).
@@ -47,24 +47,11 @@ def _instantiate(factory: Callable[[], torch.nn.Module], state_dict: dict, what:
     """
     with torch.device("meta"):
         model = factory()
-    expected = model.state_dict()
-    missing, unexpected, wrong = compare_state_dicts(expected, state_dict)
-    if missing or unexpected or wrong:
-        details = []
-        if missing:
-            details.append(f"{len(missing)} missing (e.g. {missing[0]})")
-        if unexpected:
-            details.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-        if wrong:
-            k = wrong[0]
-            details.append(
-                f"{len(wrong)} with other shapes (e.g. {k}: {tuple(state_dict[k].shape)} in the file, "
-                f"{tuple(expected[k].shape)} for arch {arch!r})"
-            )
+    mismatch = state_dict_mismatch(model.state_dict(), state_dict, limit=3)
+    if mismatch:
         raise WeightsError(
-            f"The {what} weights in {source} do not fit the shipped {arch!r} config "
-            f"({CONFIG_DIR / arch}): {'; '.join(details)}. Pass the arch the checkpoint was made for "
-            f"(an SD1.5-derived checkpoint needs arch='sd15')."
+            f"The {what} weights in {source} do not fit the shipped {arch!r} config ({CONFIG_DIR / arch}): "
+            f"{mismatch}. Pass the arch the checkpoint was made for (an SD1.5-derived checkpoint needs arch='sd15')."
         )
     model.load_state_dict({k: v.contiguous() for k, v in state_dict.items()}, strict=True, assign=True)
     _materialise_nonpersistent_buffers(model, what)

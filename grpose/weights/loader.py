@@ -28,7 +28,7 @@ from torch import nn
 
 from ..config import ExperimentConfig, ModelConfig, validate
 from ..errors import ConfigError, MissingFileError, OutputExistsError, WeightsError
-from ..files import compare_state_dicts, few, first_line, read_checkpoint
+from ..files import few, first_line, read_checkpoint, state_dict_mismatch
 from ..models.adapter import ControlNetBaseline, GraphPoseAdapter, build_adapter
 from ..sd15 import sd15_config
 
@@ -125,25 +125,11 @@ def check_state_dict(expected: dict[str, torch.Tensor], given: dict[str, torch.T
                      names: Optional[dict[str, str]] = None) -> None:
     """Raise a one-line WeightsError listing missing, unexpected and wrongly shaped keys. `names` maps a given key
     to the name it had in the file, when that differs."""
-    names = names or {}
-    missing, unexpected, wrong = compare_state_dicts(expected, given)
-    if not (missing or unexpected or wrong):
-        return
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing: {few(missing, 8)}")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected: {few([_named(k, names) for k in unexpected], 8)}")
-    if wrong:
-        parts.append(f"{len(wrong)} with another shape: " + few(
-            [f"{_named(k, names)} {tuple(given[k].shape)} vs {tuple(expected[k].shape)}" for k in wrong], 8))
-    raise WeightsError(f"{source} does not fit the configured adapter ({'; '.join(parts)}). Check that the config "
-                       "(model.base, model.adapter, model.pgi_levels, model.graphs, model.pose_*_channels) is the "
-                       "one the weights were made with")
-
-
-def _named(key: str, names: dict[str, str]) -> str:
-    return f"{names[key]} (-> {key})" if key in names and names[key] != key else key
+    mismatch = state_dict_mismatch(expected, given, names)
+    if mismatch:
+        raise WeightsError(f"{source} does not fit the configured adapter ({mismatch}). Check that the config "
+                           "(model.base, model.adapter, model.pgi_levels, model.graphs, model.pose_*_channels) is "
+                           "the one the weights were made with")
 
 
 def adapter_with_weights(model_cfg: DictConfig, state_dict: dict[str, torch.Tensor], source: str,
