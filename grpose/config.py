@@ -151,6 +151,11 @@ class EvalConfig:
     flip_test: bool = True
     pose_nms_thr: float = 1.0  # the release's value: OKS-NMS effectively off
     inception_weights: Optional[str] = None  # null: $TORCH_HOME/hub/checkpoints (see docs/evaluation.md)
+    # FID/KID on another feature network than Inception: an MMPose config + checkpoint whose backbone's pooled last
+    # stage gives the features (the miniature world, which has no Inception weights). null: Inception.
+    quality_feature_config: Optional[str] = None
+    quality_feature_checkpoint: Optional[str] = None
+    quality_feature_size: int = 256  # that network's input side
     clip_model: str = "models/clip-vit-base-patch16"
     kid_scale: Optional[float] = None  # null: 1000 for laion_human, else 100 (GRPose paper section 4.2)
     # Drop the last N mod paper_batch_size test samples, as the release's test loader (drop_last=True) does: they

@@ -332,6 +332,18 @@ class PoseBackbone(nn.Module):
                 f"input_size={self.input_size}")
 
 
+class PooledPoseFeatures(nn.Module):
+    """FID/KID features from a pose network's backbone, for a world without Inception weights (the miniature
+    synthetic world): uint8 B x 3 x S x S -> B x C, the spatial mean of the backbone's last stage."""
+
+    def __init__(self, config: Any, checkpoint: Optional[PathLike], input_size: int):
+        super().__init__()
+        self.backbone = PoseBackbone(config, checkpoint, feature_indices=(-1,), input_size=input_size)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone(images.float() / 127.5 - 1.0)[0].mean(dim=(2, 3))
+
+
 class BottomUpPoseEstimator:
     """An MMPose 0.x bottom-up estimator (`inference_bottom_up_pose_model`) for pose metrics.
 

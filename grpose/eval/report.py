@@ -37,7 +37,7 @@ def check_scoring_weights(eval_cfg: DictConfig, quality_feature: Optional[nn.Mod
         if checkpoint is not None and not Path(checkpoint).expanduser().is_file():
             raise MissingFileError(f"eval.pose_estimator_checkpoint: {checkpoint} does not exist. Download "
                                     f"{checkpoint_hint(config)} and point eval.pose_estimator_checkpoint at it.")
-    if "quality" in metrics and quality_feature is None:
+    if "quality" in metrics and quality_feature is None and eval_cfg.quality_feature_config is None:
         from grpose.eval.quality import resolve_inception_weights
 
         resolve_inception_weights(eval_cfg.inception_weights)
@@ -54,6 +54,17 @@ def build_pose_estimator(eval_cfg: DictConfig, device: str):
     return BottomUpPoseEstimator(eval_cfg.pose_estimator_config, eval_cfg.pose_estimator_checkpoint, device=device,
                                  flip_test=eval_cfg.flip_test, pose_nms_thr=eval_cfg.pose_nms_thr,
                                  swap_rgb_bgr=eval_cfg.protocol == "paper")
+
+
+def quality_feature_network(eval_cfg: DictConfig, device: str):
+    """FID/KID's feature network: a pose backbone when `eval.quality_feature_config` names one, else the Inception
+    weights file (None: the torch hub cache)."""
+    if eval_cfg.quality_feature_config is None:
+        return eval_cfg.inception_weights
+    from grpose.eval.pose_estimator import PooledPoseFeatures
+
+    return PooledPoseFeatures(eval_cfg.quality_feature_config, eval_cfg.quality_feature_checkpoint,
+                              eval_cfg.quality_feature_size).to(device)
 
 
 # ------------------------------------------------------------------------------------------------ scoring
@@ -139,7 +150,7 @@ def score_run(records: Sequence[dict[str, Any]], layout: RunLayout, eval_cfg: Di
         results["pose"] = score_pose(records, layout, estimator, protocol, eval_cfg.paper_batch_size, image_size,
                                      eval_cfg.min_scenario_images, progress)
     if "quality" in eval_cfg.metrics:
-        feature = quality_feature if quality_feature is not None else eval_cfg.inception_weights
+        feature = quality_feature if quality_feature is not None else quality_feature_network(eval_cfg, device)
         results["quality"] = score_quality(records, layout, protocol, float(eval_cfg.kid_scale),
                                            eval_cfg.min_scenario_images, feature, device, progress)
     if "clip" in eval_cfg.metrics:
