@@ -18,6 +18,8 @@ from torch import nn
 
 from grpose.config import ConfigError, load_config
 from grpose.data.datamodule import PoseDataModule
+from grpose.eval.alignment_report import write_alignment_report
+from grpose.eval.compare import refuse_mixed_scoring
 from grpose.eval.generate import (EvalInputError, EvalWriter, RunLayout, check_generation_settings,
                                   check_images_folder, eval_trainer, generation_settings, load_eval_config,
                                   load_generator, read_manifest, run_predict, select_samples)
@@ -68,6 +70,7 @@ def main(argv: Optional[list[str]] = None, quality_feature: Optional[nn.Module] 
         return {"run": layout.run_dir.name, "num_images": len(records)}
 
     # 2. score (rank 0)
+    refuse_mixed_scoring(layout.metrics_json, eval_cfg.pose_evaluator, eval_cfg.metrics)
     device = "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu"
     results = score_run(records, layout, eval_cfg, image_size=cfg.data.resolution, device=device,
                         quality_feature=quality_feature, progress=cfg.trainer.enable_progress_bar)
@@ -75,6 +78,9 @@ def main(argv: Optional[list[str]] = None, quality_feature: Optional[nn.Module] 
     # 3. report
     report = write_report(layout, layout.run_dir.name, results, records, eval_cfg, cfg, settings)
     print(layout.metrics_md.read_text(encoding="utf-8"))
+    if "pose" in results and eval_cfg.alignment_report:
+        index = write_alignment_report(layout.run_dir, report, records, eval_cfg.alignment_max_images)
+        print(f"alignment report: {index}")
     return report
 
 

@@ -127,6 +127,7 @@ class SamplingConfig:
 
 EVAL_PROTOCOLS = ("paper", "standard")
 EVAL_METRICS = ("pose", "quality", "clip")
+POSE_EVALUATORS = ("higherhrnet_bottomup", "vitpose_topdown")
 
 
 @dataclass
@@ -148,6 +149,18 @@ class EvalConfig:
     inception_weights: Optional[str] = None  # null: $TORCH_HOME/hub/checkpoints (see docs/evaluation.md)
     clip_model: str = "models/clip-vit-base-patch16"
     kid_scale: Optional[float] = None  # null: 1000 for laion_human, else 100 (GRPose paper section 4.2)
+    # 95% intervals (docs/evaluation.md, "Confidence intervals"): percentile bootstrap with a fixed seed
+    intervals: bool = True
+    bootstrap_resamples: int = 1000  # AP / SAP / PCE / CLIP-Score replicates
+    bootstrap_quality_resamples: int = 200  # FID / KID replicates (each recomputes them from the features)
+    bootstrap_seed: int = 0
+    confidence: float = 0.95
+    # which pose evaluator scores AP / SAP / PCE (docs/evaluation.md, "Pose evaluators"); never mixed in a table
+    pose_evaluator: str = "higherhrnet_bottomup"  # higherhrnet_bottomup (HumanSD/GRPose) | vitpose_topdown (SP-Ctrl)
+    vitpose_config: str = "vitpose_huge"  # a built-in ViTPose name (vitpose_{small,base,large,huge}) or an mmpose 0.x config
+    vitpose_checkpoint: Optional[str] = "models/vitpose_huge_256x192.pth"
+    alignment_report: bool = True  # outputs/<run>/alignment/index.html (needs 'pose' in metrics)
+    alignment_max_images: Optional[int] = 300  # the worst N images get a row (null: every image)
 
 
 @dataclass
@@ -277,6 +290,13 @@ def validate_eval_config(eval_cfg: DictConfig) -> None:
     for key in ("batch_size", "paper_batch_size", "min_scenario_images"):
         if eval_cfg[key] < 1:
             raise ConfigError(f"eval.{key} must be >= 1, got {eval_cfg[key]}")
+    if eval_cfg.pose_evaluator not in POSE_EVALUATORS:
+        raise ConfigError(f"eval.pose_evaluator={eval_cfg.pose_evaluator!r} is not one of {', '.join(POSE_EVALUATORS)}")
+    if not 0.0 < eval_cfg.confidence < 1.0:
+        raise ConfigError(f"eval.confidence must be in (0, 1), got {eval_cfg.confidence}")
+    for key in ("bootstrap_resamples", "bootstrap_quality_resamples"):
+        if eval_cfg[key] < 10:
+            raise ConfigError(f"eval.{key} must be >= 10 for a percentile interval, got {eval_cfg[key]}")
     if eval_cfg.num_samples is not None and eval_cfg.num_samples < 1:
         raise ConfigError(f"eval.num_samples (--limit) must be >= 1, got {eval_cfg.num_samples}")
 

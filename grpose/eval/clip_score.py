@@ -83,7 +83,8 @@ def clip_score(
     protocol: str = "standard",
     device: str | torch.device = "cpu",
     progress: bool = True,
-) -> float:
+    return_per_image: bool = False,
+) -> float | tuple[float, np.ndarray]:
     """CLIP-Score x100 of images (uint8 HxWx3 arrays or file paths) against their prompts, in [0, 100].
 
     torchmetrics ``CLIPScore`` scores each pair 100 * cos(E_image, E_text) and reports max(mean, 0).
@@ -101,6 +102,7 @@ def clip_score(
     metric = CLIPScore(model_name_or_path=clip_loader(model_path)).to(device)
 
     batch_means: list[float] = []
+    per_image: list[np.ndarray] = []
     n_images = 0
     image_iter = iter(images)
     with tqdm(total=len(prompts), desc="CLIP-Score", unit="img", disable=not progress) as bar:
@@ -114,15 +116,17 @@ def clip_score(
                     raise ValueError(
                         f"clip_score: {len(prompts)} prompts but only {start + len(batch_images)} images."
                     ) from None
-            score_before, n_before = metric.score.clone(), metric.n_samples.clone()
-            metric.update(batch_images, batch_prompts)
-            batch_means.append(float((metric.score - score_before) / (metric.n_samples - n_before)))
+            # what CLIPScore.update does, keeping the per-pair scores it sums
+            scores, n_pairs = _clip_score_update(batch_images, batch_prompts, metric.model, metric.processor)
+            metric.score += scores.sum(0)
+            metric.n_samples += n_pairs
+            per_image.append(scores.detach().cpu().double().numpy().reshape(-1))
+            batch_means.append(float(scores.sum(0)) / n_pairs)
             n_images += len(batch_images)
             bar.update(len(batch_images))
     if next(image_iter, None) is not None:
         raise ValueError(f"clip_score: more images than the {len(prompts)} prompts given.")
     if n_images == 0:
         raise ValueError("clip_score: no images given.")
-    if protocol == "paper":
-        return float(np.mean([max(m, 0.0) for m in batch_means]))
-    return float(metric.compute())
+    value = float(np.mean([max(m, 0.0) for m in batch_means])) if protocol == "paper" else float(metric.compute())
+    return (value, np.concatenate(per_image)) if return_per_image else value
