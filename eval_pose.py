@@ -46,9 +46,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Optional[list[str]] = None, quality_feature: Optional[nn.Module] = None) -> Optional[dict[str, Any]]:
+def main(argv: Optional[list[str]] = None, quality_feature: Optional[nn.Module] = None,
+         pose_estimator=None) -> Optional[dict[str, Any]]:
     """Returns the report on rank 0 (None on other ranks). `quality_feature`: an nn.Module to use instead of
-    Inception for FID/KID (tests, custom feature networks)."""
+    Inception for FID/KID (tests, custom feature networks); `pose_estimator`: an object with `.predict` to use
+    instead of the configured MMPose evaluator (tests)."""
     args = parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     metrics = None if args.metrics is None else [m for m in args.metrics.split(",") if m and m != "none"]
@@ -56,7 +58,7 @@ def main(argv: Optional[list[str]] = None, quality_feature: Optional[nn.Module] 
     eval_cfg = load_eval_config(cfg, protocol=args.protocol, num_samples=args.limit, metrics=metrics,
                                 run_name=run_name)
     layout = RunLayout(Path(eval_cfg.output_dir) / (eval_cfg.run_name or cfg.name))
-    check_scoring_weights(eval_cfg, quality_feature)  # before hours of generation, not after
+    check_scoring_weights(eval_cfg, quality_feature, pose_estimator)  # before hours of generation, not after
 
     # 1. images + manifest: generate (every rank its shard), or take a folder of images, or re-score this run
     if args.score_only and args.images is None:
@@ -73,7 +75,8 @@ def main(argv: Optional[list[str]] = None, quality_feature: Optional[nn.Module] 
     refuse_mixed_scoring(layout.metrics_json, eval_cfg.pose_evaluator, eval_cfg.metrics)
     device = "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu"
     results = score_run(records, layout, eval_cfg, image_size=cfg.data.resolution, device=device,
-                        quality_feature=quality_feature, progress=cfg.trainer.enable_progress_bar)
+                        quality_feature=quality_feature, pose_estimator=pose_estimator,
+                        progress=cfg.trainer.enable_progress_bar)
 
     # 3. report
     report = write_report(layout, layout.run_dir.name, results, records, eval_cfg, cfg, settings)

@@ -90,7 +90,9 @@ def clip_score(
     torchmetrics ``CLIPScore`` scores each pair 100 * cos(E_image, E_text) and reports max(mean, 0).
     ``standard``: one score over the whole set. ``paper``: prompts cut to 77 characters and the score computed per
     batch of ``batch_size`` then averaged over batches, as the lineage did (reference-notes 7.3).
+    ``return_per_image``: also return the per-image scores (100 x cosine, unclipped), for bootstrap intervals.
     """
+    from torchmetrics.functional.multimodal.clip_score import _clip_score_update
     from torchmetrics.multimodal.clip_score import CLIPScore
 
     if protocol not in PROTOCOLS:
@@ -128,5 +130,7 @@ def clip_score(
         raise ValueError(f"clip_score: more images than the {len(prompts)} prompts given.")
     if n_images == 0:
         raise ValueError("clip_score: no images given.")
-    value = float(np.mean([max(m, 0.0) for m in batch_means])) if protocol == "paper" else float(metric.compute())
+    # standard: what CLIPScore.compute returns, max(mean, 0) over all pairs
+    overall = max(float(metric.score) / float(metric.n_samples), 0.0)
+    value = float(np.mean([max(m, 0.0) for m in batch_means])) if protocol == "paper" else overall
     return (value, np.concatenate(per_image)) if return_per_image else value

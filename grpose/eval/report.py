@@ -23,10 +23,11 @@ TABLE1_COLUMNS = ("AP", "SAP", "PCE", "FID", "KID", "CLIP-Score")
 
 
 # ------------------------------------------------------------------------------------------------ weights
-def check_scoring_weights(eval_cfg: DictConfig, quality_feature: Optional[nn.Module] = None) -> None:
+def check_scoring_weights(eval_cfg: DictConfig, quality_feature: Optional[nn.Module] = None,
+                          pose_estimator=None) -> None:
     """Fail before any image is generated when a metric's weights or extras are missing (each module's own error)."""
     metrics = set(eval_cfg.metrics)
-    if "pose" in metrics:
+    if "pose" in metrics and pose_estimator is None:
         from grpose.eval.pose_estimator import checkpoint_hint, require_mmpose, resolve_mmpose_config
 
         require_mmpose()
