@@ -50,7 +50,7 @@ def two_runs(tiny_clip, tmp_path_factory):
     data = dataset()
     (root / "cfg.yaml").write_text("name: unused\n")
     reports = {}
-    for name, shift, noise in (("perfect", 0.0, 0), ("shifted", 3.0, 40)):
+    for name, shift, noise in (("perfect", 0.0, 0), ("shifted", 1.0, 40)):
         folder = root / "images" / name
         crops, poses = [], []
         rng = np.random.default_rng(len(name))

@@ -75,16 +75,33 @@ def image_oks(gt_persons: np.ndarray, detections: Sequence[Any]) -> Optional[flo
 
 
 # ------------------------------------------------------------------------------------------------- drawing
-def overlay_panels(image: np.ndarray, gt_persons: np.ndarray, detections: Sequence[Any]) -> np.ndarray:
+def overlay_panels(image: np.ndarray, gt_persons: np.ndarray, detections: Sequence[Any],
+                   min_size: int = 256) -> np.ndarray:
     """[generated image + conditioning skeleton | generated image + detected skeleton], one uint8 strip, drawn
-    with the project's skeleton renderer (line width scaled from 10 px at 512)."""
+    with the project's skeleton renderer. Small images are enlarged (nearest neighbour) to `min_size` first and
+    the skeletons drawn at that size (line width 10 px per 512 px, at least 3), over the image dimmed to 60% so
+    the limbs stand out against what was generated."""
+    from PIL import Image
+
     h, w = image.shape[:2]
-    width = max(2, round(10 * min(h, w) / 512))
-    cond = render_skeleton(np.asarray(gt_persons).reshape(-1, 17, 3), height=h, width=w, line_width=width)
-    found = (np.stack([np.asarray(k) for k, _ in detections]) if len(detections) else np.zeros((0, 17, 3)))
-    det = render_skeleton(found, height=h, width=w, line_width=width, score_threshold=0.0)
+    factor = max(1, int(np.ceil(min_size / min(h, w))))
+    if factor > 1:
+        image = np.asarray(Image.fromarray(image).resize((w * factor, h * factor), Image.NEAREST))
+    h, w = image.shape[:2]
+    base = (image.astype(np.float32) * 0.6).astype(np.uint8)
+    width = max(3, round(10 * min(h, w) / 512))
+
+    def scaled(persons: np.ndarray) -> np.ndarray:
+        out = np.array(persons, dtype=np.float64).reshape(-1, 17, 3)
+        present = out[..., 2] > 0
+        out[..., :2] = np.where(present[..., None], out[..., :2] * factor, -1.0)
+        return out
+
+    cond = render_skeleton(scaled(gt_persons), height=h, width=w, line_width=width)
+    found = np.stack([np.asarray(k) for k, _ in detections]) if len(detections) else np.zeros((0, 17, 3))
+    det = render_skeleton(scaled(found), height=h, width=w, line_width=width, score_threshold=0.0)
     gap = np.full((h, max(2, w // 32), 3), 255, dtype=np.uint8)
-    return np.concatenate([overlay_pose(image, cond), gap, overlay_pose(image, det)], axis=1)
+    return np.concatenate([overlay_pose(base, cond, alpha=1.0), gap, overlay_pose(base, det, alpha=1.0)], axis=1)
 
 
 def _bar_chart(names: Sequence[str], values: Sequence[Optional[float]], halves: Sequence[Optional[float]],
@@ -100,7 +117,8 @@ def _bar_chart(names: Sequence[str], values: Sequence[Optional[float]], halves: 
         return _svg_bars(names, shown, halves)
     fig, ax = plt.subplots(figsize=(max(4.0, 0.55 * len(names) + 1.5), 3.2), dpi=100)
     errors = [0.0 if h is None else h for h in halves]
-    ax.bar(range(len(names)), shown, yerr=errors, capsize=3, color="#4c72b0")
+    bars = ax.bar(range(len(names)), shown, yerr=errors, capsize=3, color="#4c72b0")
+    ax.bar_label(bars, labels=["n/a" if v is None else f"{v:.1f}" for v in values], fontsize=8)
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("AP (x100)")
     ax.set_ylim(0, max(100.0, max(shown, default=0) * 1.1))
@@ -139,7 +157,7 @@ body { font-family: sans-serif; margin: 1.5em; color: #222; }
 table { border-collapse: collapse; }
 td, th { border-bottom: 1px solid #ddd; padding: 4px 8px; text-align: left; vertical-align: middle; }
 th { background: #f4f4f4; }
-img.pair { width: 400px; image-rendering: pixelated; }
+img.pair { width: 520px; }
 img.chart { max-width: 100%; }
 .bad { color: #b00; font-weight: bold; }
 .note { color: #555; font-size: 0.9em; max-width: 60em; }
@@ -206,8 +224,8 @@ def write_alignment_report(run_dir: Path, report: dict[str, Any], records: Seque
 <h2>AP per scenario</h2>
 {chart}
 <h2>Images, worst aligned first</h2>
-<p class="note">Left: the generated image with its conditioning skeleton. Right: the same image with the skeletons
-the pose evaluator detected. OKS: for each conditioning person the best COCO OKS over the detections (0 if none),
+<p class="note">Left: the generated image (dimmed) with its conditioning skeleton. Right: the same image with the
+skeletons the pose evaluator detected. OKS: for each conditioning person the best COCO OKS over the detections (0 if none),
 averaged over the persons; GT / det: number of conditioning and detected persons.
 {'' if max_images is None or len(rows) <= max_images else f'The worst {max_images} of {len(rows)} images are shown.'}
 </p>
