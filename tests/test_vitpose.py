@@ -16,6 +16,26 @@ requires_mmpose = pytest.mark.skipif(importlib.util.find_spec("mmpose") is None,
 TINY = dict(image_size=(48, 64), embed_dim=64, depth=2, num_heads=4)  # (width, height) as mmpose's data_cfg
 
 
+def mmpose1_key_layout(embed_dim, depth, image_size=(192, 256)):
+    """Names and shapes of an mmpose 1.x ViTPose checkpoint (mmpretrain VisionTransformer with
+    `with_cls_token=False`, mmcv FFN, HeatmapHead), written from those libraries' module definitions."""
+    width, height = image_size
+    d, patches = embed_dim, (height // 16) * (width // 16)
+    keys = {"backbone.pos_embed": (1, patches, d), "backbone.patch_embed.projection.weight": (d, 3, 16, 16),
+            "backbone.patch_embed.projection.bias": (d,), "backbone.ln1.weight": (d,), "backbone.ln1.bias": (d,)}
+    for i in range(depth):
+        p = f"backbone.layers.{i}."
+        keys.update({p + "ln1.weight": (d,), p + "ln1.bias": (d,), p + "attn.qkv.weight": (3 * d, d),
+                     p + "attn.qkv.bias": (3 * d,), p + "attn.proj.weight": (d, d), p + "attn.proj.bias": (d,),
+                     p + "ln2.weight": (d,), p + "ln2.bias": (d,), p + "ffn.layers.0.0.weight": (4 * d, d),
+                     p + "ffn.layers.0.0.bias": (4 * d,), p + "ffn.layers.1.weight": (d, 4 * d),
+                     p + "ffn.layers.1.bias": (d,)})
+    for key, shape in published_key_layout(d, depth, image_size).items():
+        if key.startswith("keypoint_head."):
+            keys["head." + key[len("keypoint_head."):]] = shape
+    return keys
+
+
 def tiny_config():
     import mmcv
 
@@ -76,6 +96,32 @@ class TestViTPoseInMMPose:
         assert not unmapped and all(own[k] == want[k] for k in want)
         assert sum(int(np.prod(s)) for k, s in want.items() if k.startswith("backbone.")) == pytest.approx(
             632e6, rel=0.01)  # ViT-H/16: ~632 M parameters
+
+    def test_mmpose1_humanart_checkpoint_layout_converts_and_loads(self, tmp_path):
+        """mmpose 1.x released the Human-Art ViTPose models SP-Ctrl evaluates with; its key layout maps onto
+        ViTPose's one to one (ViTPose-H: 0 unmapped keys), and a tiny such checkpoint loads strictly and computes
+        the same heatmaps as the same weights saved in ViTPose's own layout."""
+        from grpose.eval.vitpose import from_mmpose1_layout
+
+        full = {k: torch.empty(s, device="meta") for k, s in mmpose1_key_layout(1280, 32).items()}
+        converted, unmapped = from_mmpose1_layout(full, num_positions=193)
+        want = published_key_layout(1280, 32)
+        assert not unmapped and set(converted) == set(want)
+        assert all(tuple(converted[k].shape) == want[k] for k in want)
+
+        generator = torch.Generator().manual_seed(1)
+        state = {k: (torch.rand(s, generator=generator) + 0.5 if s else torch.tensor(0))
+                 for k, s in mmpose1_key_layout(64, 2, image_size=(48, 64)).items()}
+        torch.save({"state_dict": state}, tmp_path / "mmpose1.pth")
+        model = pe.build_pose_model(tiny_config(), tmp_path / "mmpose1.pth")
+        ref, _ = from_mmpose1_layout(state, num_positions=13)
+        torch.save({"state_dict": ref}, tmp_path / "vitpose.pth")
+        same = pe.build_pose_model(tiny_config(), tmp_path / "vitpose.pth")
+        x = torch.randn(1, 3, 64, 48)
+        torch.testing.assert_close(model.backbone(x), same.backbone(x))
+        assert torch.equal(model.state_dict()["backbone.pos_embed"][:, 0], torch.zeros(1, 64))
+        # pos_embed without the class slot is the patch embedding itself
+        torch.testing.assert_close(model.state_dict()["backbone.pos_embed"][:, 1:], state["backbone.pos_embed"])
 
     def test_registration_is_idempotent(self):
         from mmpose.models.builder import BACKBONES

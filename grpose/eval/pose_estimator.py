@@ -32,8 +32,10 @@ MODEL_ZOO_HINTS = {
         "higherhrnet_w48_humanart_512x512_udp.pth (the paper's evaluator, HigherHRNet-W48 trained on Human-Art) "
         "from the HumanSD release (https://github.com/IDEA-Research/HumanSD, 'Model Weights')"),
     "vitpose_huge.py": (
-        "the ViTPose-H single-task checkpoint (vitpose-h.pth, mmpose 0.x layout) from the ViTPose repository "
-        "(https://github.com/ViTAE-Transformer/ViTPose, 'Results from this repo on MS COCO val set')"),
+        "td-hm_ViTPose-huge_8xb64-210e_humanart-256x192-603bb573_20230612.pth (ViTPose-H trained on Human-Art + COCO, "
+        "SP-Ctrl's evaluator; mmpose 1.x layout, converted on load): https://download.openmmlab.com/mmpose/v1/"
+        "body_2d_keypoint/topdown_heatmap/human_art/td-hm_ViTPose-huge_8xb64-210e_humanart-256x192-603bb573_20230612.pth"
+        " (ViTPose's own mmpose 0.x checkpoints load as they are)"),
 }
 
 PathLike = Union[str, os.PathLike]
@@ -211,6 +213,14 @@ def load_pose_checkpoint(model: nn.Module, path: PathLike, strict: bool = True, 
     """Load an MMPose 0.x checkpoint into `model`; with `strict`, any missing or unexpected key is an error."""
     state = read_pose_checkpoint(path, trust_pickle=trust_pickle)
     own = model.state_dict()
+    if "backbone.blocks.0.norm1.weight" in own:  # a ViTPose model: accept mmpose 1.x checkpoints too
+        from grpose.eval.vitpose import from_mmpose1_layout, is_mmpose1_vitpose
+
+        if is_mmpose1_vitpose(state):
+            state, unmapped = from_mmpose1_layout(state, own["backbone.pos_embed"].shape[1])
+            if unmapped and strict:
+                raise RuntimeError(f"pose model checkpoint {path} (mmpose 1.x ViTPose layout): {len(unmapped)} keys "
+                                   f"with no ViTPose counterpart ({_few(unmapped)})")
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     if strict and (missing or unexpected):

@@ -228,3 +228,53 @@ def published_key_layout(embed_dim: int, depth: int, image_size: tuple[int, int]
     keys["keypoint_head.final_layer.bias"] = (num_joints,)
     return keys
 
+
+
+# mmpose 1.x / mmpretrain names -> ViTPose (mmpose 0.x) names. mmpose 1.x released the Human-Art ViTPose models
+# (e.g. td-hm_ViTPose-huge_8xb64-210e_humanart-256x192-603bb573_20230612.pth, the checkpoint SP-Ctrl's Human-Art
+# config uses) with mmpretrain's VisionTransformer (`layers.N.ln1`, `ffn.layers.0.0`, final norm `ln1`) and a
+# `head.` prefix; the tensors are the same, except that there is no class-token slot in the position embedding.
+_MMPOSE1_RENAMES = (
+    ("backbone.patch_embed.projection.", "backbone.patch_embed.proj."),
+    ("backbone.ln1.", "backbone.last_norm."),
+    ("head.deconv_layers.", "keypoint_head.deconv_layers."),
+    ("head.final_layer.", "keypoint_head.final_layer."),
+)
+_MMPOSE1_BLOCK = (("ln1.", "norm1."), ("ln2.", "norm2."), ("attn.qkv.", "attn.qkv."), ("attn.proj.", "attn.proj."),
+                  ("ffn.layers.0.0.", "mlp.fc1."), ("ffn.layers.1.", "mlp.fc2."))
+
+
+def is_mmpose1_vitpose(state: dict[str, Any]) -> bool:
+    return any(k.startswith("backbone.layers.") for k in state) and not any(k.startswith("backbone.blocks.")
+                                                                          for k in state)
+
+
+def from_mmpose1_layout(state: dict[str, Any], num_positions: int) -> tuple[dict[str, Any], list[str]]:
+    """A ViTPose state dict in mmpose 1.x / mmpretrain names renamed to ViTPose's mmpose 0.x names; returns it and
+    the keys that have no counterpart (empty for a plain ViTPose top-down checkpoint). `num_positions`: the
+    length of the target model's position embedding (patches + the class-token slot)."""
+    out: dict[str, Any] = {}
+    unmapped: list[str] = []
+    for key, value in state.items():
+        new = None
+        if key == "backbone.pos_embed":
+            new = key
+            if value.shape[1] == num_positions - 1:  # trained without a class token (`with_cls_token=False`)
+                # ViTPose adds the slot's embedding to every patch; a zero slot leaves the patches unchanged
+                value = torch.cat([value.new_zeros(value.shape[0], 1, value.shape[2]), value], dim=1)
+        elif key.startswith("backbone.layers."):
+            index, rest = key[len("backbone.layers."):].split(".", 1)
+            for old, replacement in _MMPOSE1_BLOCK:
+                if rest.startswith(old):
+                    new = f"backbone.blocks.{index}.{replacement}{rest[len(old):]}"
+                    break
+        else:
+            for old, replacement in _MMPOSE1_RENAMES:
+                if key.startswith(old):
+                    new = replacement + key[len(old):]
+                    break
+        if new is None:
+            unmapped.append(key)
+        else:
+            out[new] = value
+    return out, unmapped
