@@ -59,6 +59,7 @@ def main(argv: Optional[list[str]] = None, quality_feature: Optional[nn.Module] 
                                 run_name=run_name)
     layout = RunLayout(Path(eval_cfg.output_dir) / (eval_cfg.run_name or cfg.name))
     check_scoring_weights(eval_cfg, quality_feature, pose_estimator)  # before hours of generation, not after
+    refuse_mixed_scoring(layout.metrics_json, eval_cfg.pose_evaluator, eval_cfg.metrics)
 
     # 1. images + manifest: generate (every rank its shard), or take a folder of images, or re-score this run
     if args.score_only and args.images is None:
@@ -72,7 +73,6 @@ def main(argv: Optional[list[str]] = None, quality_feature: Optional[nn.Module] 
         return {"run": layout.run_dir.name, "num_images": len(records)}
 
     # 2. score (rank 0)
-    refuse_mixed_scoring(layout.metrics_json, eval_cfg.pose_evaluator, eval_cfg.metrics)
     device = "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu"
     results = score_run(records, layout, eval_cfg, image_size=cfg.data.resolution, device=device,
                         quality_feature=quality_feature, pose_estimator=pose_estimator,

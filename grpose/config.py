@@ -157,8 +157,10 @@ class EvalConfig:
     confidence: float = 0.95
     # which pose evaluator scores AP / SAP / PCE (docs/evaluation.md, "Pose evaluators"); never mixed in a table
     pose_evaluator: str = "higherhrnet_bottomup"  # higherhrnet_bottomup (HumanSD/GRPose) | vitpose_topdown (SP-Ctrl)
-    vitpose_config: str = "vitpose_huge"  # a built-in ViTPose name (vitpose_{small,base,large,huge}) or an mmpose 0.x config
-    vitpose_checkpoint: Optional[str] = "models/td-hm_ViTPose-huge_8xb64-210e_humanart-256x192-603bb573_20230612.pth"
+    vitpose_config: str = "vitpose_huge"  # built-in vitpose_{small,base,large,huge}, or an mmpose 0.x config file
+    # mmpose 1.x's Human-Art ViTPose-H (SP-Ctrl's evaluator); ViTPose's own mmpose 0.x checkpoints load too
+    vitpose_checkpoint: Optional[str] = (
+        "models/td-hm_ViTPose-huge_8xb64-210e_humanart-256x192-603bb573_20230612.pth")
     alignment_report: bool = True  # outputs/<run>/alignment/index.html (needs 'pose' in metrics)
     alignment_max_images: Optional[int] = 300  # the worst N images get a row (null: every image)
 

@@ -225,8 +225,8 @@ def write_alignment_report(run_dir: Path, report: dict[str, Any], records: Seque
 {chart}
 <h2>Images, worst aligned first</h2>
 <p class="note">Left: the generated image (dimmed) with its conditioning skeleton. Right: the same image with the
-skeletons the pose evaluator detected. OKS: for each conditioning person the best COCO OKS over the detections (0 if none),
-averaged over the persons; GT / det: number of conditioning and detected persons.
+skeletons the pose evaluator detected. OKS: for each conditioning person the best COCO OKS over the detections
+(0 if none), averaged over the persons; GT / det: number of conditioning and detected persons.
 {'' if max_images is None or len(rows) <= max_images else f'The worst {max_images} of {len(rows)} images are shown.'}
 </p>
 <table><tr><th>#</th><th>id</th><th>scenario</th><th>OKS</th><th>GT / det</th><th>condition | detected</th>

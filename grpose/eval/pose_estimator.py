@@ -34,8 +34,9 @@ MODEL_ZOO_HINTS = {
     "vitpose_huge.py": (
         "td-hm_ViTPose-huge_8xb64-210e_humanart-256x192-603bb573_20230612.pth (ViTPose-H trained on Human-Art + COCO, "
         "SP-Ctrl's evaluator; mmpose 1.x layout, converted on load): https://download.openmmlab.com/mmpose/v1/"
-        "body_2d_keypoint/topdown_heatmap/human_art/td-hm_ViTPose-huge_8xb64-210e_humanart-256x192-603bb573_20230612.pth"
-        " (ViTPose's own mmpose 0.x checkpoints load as they are)"),
+        "body_2d_keypoint/topdown_heatmap/human_art/"
+        "td-hm_ViTPose-huge_8xb64-210e_humanart-256x192-603bb573_20230612.pth "
+        "(ViTPose's own mmpose 0.x checkpoints load as they are)"),
 }
 
 PathLike = Union[str, os.PathLike]

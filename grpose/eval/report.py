@@ -234,7 +234,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     """The Table 1 row of this run plus a per-scenario table."""
     row = report["table1"]
     intervals = report.get("intervals") or {}
-    evaluator = f" · pose evaluator `{report['pose_evaluator']}`" if "pose" in report and "pose_evaluator" in report else ""
+    evaluator = (f" · pose evaluator `{report['pose_evaluator']}`"
+                 if "pose" in report and "pose_evaluator" in report else "")
     lines = [
         f"# Evaluation of `{report['run']}`",
         "",

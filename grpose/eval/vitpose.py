@@ -148,8 +148,9 @@ def register_vit_backbone() -> None:
                            f"its own ViTPose backbone under that name")
 
 
-def vitpose_config(name: str = "vitpose_huge", image_size: tuple[int, int] = (192, 256), embed_dim: Optional[int] = None,
-                   depth: Optional[int] = None, num_heads: Optional[int] = None) -> dict[str, Any]:
+def vitpose_config(name: str = "vitpose_huge", image_size: tuple[int, int] = (192, 256),
+                   embed_dim: Optional[int] = None, depth: Optional[int] = None, num_heads: Optional[int] = None
+                   ) -> dict[str, Any]:
     """The mmpose 0.x top-down config of a ViTPose variant as SP-Ctrl evaluates (its ViTPose-H config for
     Human-Art: 256x192 input, 48x64 UDP heatmaps, flip test without heatmap shift, ImageNet normalisation).
     `image_size` is (width, height) as in mmpose's data_cfg; `embed_dim`/`depth`/`num_heads` override the variant
@@ -179,7 +180,8 @@ def vitpose_config(name: str = "vitpose_huge", image_size: tuple[int, int] = (19
         ),
         channel_cfg=channel_cfg,
         data_cfg=dict(image_size=[width, height], heatmap_size=heatmap, num_output_channels=17, num_joints=17,
-                      dataset_channel=channel_cfg["dataset_channel"], inference_channel=channel_cfg["inference_channel"],
+                      dataset_channel=channel_cfg["dataset_channel"],
+                      inference_channel=channel_cfg["inference_channel"],
                       soft_nms=False, nms_thr=1.0, oks_thr=0.9, vis_thr=0.2, use_gt_bbox=True, det_bbox_thr=0.0,
                       bbox_file=""),
         test_pipeline=[
