@@ -135,6 +135,16 @@ def test_fid_from_features_matches_torchmetrics(n, d):
     assert fid_from_features(real, fake) == pytest.approx(float(fid.compute()), rel=2e-3)
 
 
+@pytest.mark.parametrize("n, d", [(30, 64), (120, 16)])
+def test_gram_fid_of_a_resample_is_the_fid_of_the_resampled_rows(n, d):
+    from grpose.eval.intervals import FIDBootstrap
+
+    rng = np.random.default_rng(d)
+    real, fake = rng.normal(0, 1, (n, d)), rng.normal(0.2, 1.1, (n + 7, d))
+    i, j = rng.integers(0, n, n), rng.integers(0, n + 7, n + 7)
+    assert FIDBootstrap(real, fake).fid(i, j) == pytest.approx(fid_from_features(real[i], fake[j]), rel=1e-6)
+
+
 def test_kid_statistic_matches_torchmetrics_on_the_full_sets():
     from torchmetrics.image.kid import KernelInceptionDistance
 
