@@ -106,6 +106,7 @@ def test_comparison_table_of_two_runs(two_runs, tmp_path):
     shifted = next(line for line in lines if line.startswith("| shifted |"))
     assert perfect.split("|")[2].strip().startswith("**100.00 ±")  # best AP bold
     assert shifted.split("|")[2].strip().startswith("<u>")  # second best underlined
+    assert shifted.split("|")[3].strip().startswith("**100.00")  # SAP: a tie, both bold
     assert "Differences to the best row:" in text and "- AP, best perfect:" in text
 
     # the script: a client of the package, same table
@@ -146,6 +147,11 @@ def test_table_marks_direction_and_separation():
     assert "| a | **51.71 ± 0.50** | <u>20.00 ± 1.00</u> |" in text  # AP best; FID second (lower is better)
     assert "| b | 49.50 ± 0.50 | **18.00 ± 1.00** |" in text
     assert re.search(r"- AP, best a: outside each other's intervals: b \(-2\.21\); within overlapping .*c", text)
+    # equal printed values share the mark
+    tied = render_comparison(rows_from_reports([report("a", 50.0, 20.0, 0.5), report("b", 50.001, 21.0, 0.5),
+                                                report("c", 40.0, 22.0, 0.5)]))
+    assert "| a | **50.00 ± 0.50** |" in tied and "| b | **50.00 ± 0.50** |" in tied
+    assert "| c | <u>40.00 ± 0.50</u> |" in tied and "- AP, best b: tied: a;" in tied
     # runs that differ only in their seed form one row: mean over seeds with a t interval
     seeds = rows_from_reports([report("g_s1", 50.0, 20, 0.5, seed=1), report("g_s2", 52.0, 21, 0.5, seed=2)])
     assert len(seeds) == 1 and seeds[0].label == "g" and seeds[0].values["AP"] == 51.0

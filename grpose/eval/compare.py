@@ -144,6 +144,19 @@ def _ranking(rows: Sequence[Row], column: str) -> list[int]:
     return sorted(defined, key=lambda i: sign * rows[i].values[column])
 
 
+def _places(rows: Sequence[Row], column: str) -> dict[int, int]:
+    """Row position -> 1 (best) or 2 (second best) by the value as printed (2 decimals), so equal printed
+    values share a place."""
+    shown = sorted({round(rows[i].values[column], 2) for i in _ranking(rows, column)},
+                   reverse=HIGHER_IS_BETTER[column])
+    places = {}
+    for i in _ranking(rows, column):
+        place = shown.index(round(rows[i].values[column], 2)) + 1
+        if place <= 2:
+            places[i] = place
+    return places
+
+
 def _separated(a: Optional[dict[str, float]], b: Optional[dict[str, float]]) -> Optional[bool]:
     """True when the two intervals do not overlap; None when either is missing."""
     if not a or not b:
@@ -156,6 +169,7 @@ def render_comparison(rows: Sequence[Row], notes: Sequence[str] = ()) -> str:
     columns' meaning, and per column which rows differ from the best outside both intervals."""
     columns = [c for c in COLUMNS if any(c in r.values for r in rows)]
     ranks = {c: _ranking(rows, c) for c in columns}
+    places = {c: _places(rows, c) for c in columns}
     lines = ["| Method | " + " | ".join(f"{c} {'↑' if HIGHER_IS_BETTER[c] else '↓'}" for c in columns) + " |",
              "|:--" + "|--:" * len(columns) + "|"]
     for i, row in enumerate(rows):
@@ -165,9 +179,9 @@ def render_comparison(rows: Sequence[Row], notes: Sequence[str] = ()) -> str:
                 cells.append("–")
                 continue
             text = format_value(row.values[c], row.intervals.get(c))
-            if ranks[c][:1] == [i]:
+            if places[c].get(i) == 1:
                 text = f"**{text}**"
-            elif ranks[c][1:2] == [i]:
+            elif places[c].get(i) == 2:
                 text = f"<u>{text}</u>"
             cells.append(text)
         label = row.label + (f" ({len(row.runs)} seeds)" if len(row.runs) > 1 else "")
@@ -187,12 +201,15 @@ def render_comparison(rows: Sequence[Row], notes: Sequence[str] = ()) -> str:
         if len(order) < 2:
             continue
         best = rows[order[0]]
-        outside, inside, unknown = [], [], []
+        outside, inside, unknown, tied = [], [], [], []
         for i in order[1:]:
+            if places[c].get(i) == 1:
+                tied.append(rows[i].label)
+                continue
             sep = _separated(best.intervals.get(c), rows[i].intervals.get(c))
             diff = f"{rows[i].label} ({rows[i].values[c] - best.values[c]:+.2f})"
             (unknown if sep is None else outside if sep else inside).append(diff)
-        parts = []
+        parts = ["tied: " + ", ".join(tied)] if tied else []
         if outside:
             parts.append("outside each other's intervals: " + ", ".join(outside))
         if inside:

@@ -430,7 +430,9 @@ def format_value(value: Optional[float], interval: Optional[Mapping[str, float]]
     undefined. A KID of 0.0123 keeps 2 significant digits in its ± instead of printing `± 0.00`."""
     if value is None or not math.isfinite(value):
         return "n/a"
-    text = f"{value:.{digits}f}"
+    text = f"{value + 0.0:.{digits}f}"
+    if text.startswith("-") and float(text) == 0.0:  # -0.001 prints as 0.00, not -0.00
+        text = text[1:]
     if interval:
         half = interval["half_width"]
         shown = f"{half:.{digits}f}"
