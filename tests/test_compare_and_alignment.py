@@ -194,3 +194,22 @@ def test_scoring_a_run_with_another_evaluator_is_refused(two_runs, tmp_path):
         eval_pose.main(["--config", str(tmp_path / "cfg.yaml"), "--score-only", "--metrics", "pose",
                         *OVERRIDES, f"eval.output_dir={tmp_path}", "eval.pose_evaluator=vitpose_topdown"],
                        pose_estimator=ShiftedEstimator([], [], 0.0))
+
+
+def test_bar_chart_falls_back_to_inline_svg(two_runs, tmp_path, monkeypatch):
+    import shutil
+
+    from grpose.eval.alignment_report import write_alignment_report
+    from grpose.eval.generate import read_manifest
+
+    out, _ = two_runs
+    shutil.copytree(out / "shifted", tmp_path / "shifted")
+    report = json.loads((tmp_path / "shifted" / "metrics.json").read_text())
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
+    (tmp_path / "shifted" / "alignment" / "ap_by_scenario.png").unlink()
+    index = write_alignment_report(tmp_path / "shifted", report, read_manifest(tmp_path / "shifted" / "manifest.jsonl"),
+                                   max_images=2)
+    page = index.read_text()
+    assert "<svg" in page and "ap_by_scenario.png" not in page and page.count('class="pair"') == 2
+    assert "The worst 2 of 6 images are shown." in page
+    assert len(list((index.parent / "images").glob("*.png"))) == 2  # rows of the earlier report removed

@@ -130,11 +130,15 @@ def _bar_chart(names: Sequence[str], values: Sequence[Optional[float]], halves: 
 
 
 def _svg_bars(names: Sequence[str], values: Sequence[float], halves: Sequence[Optional[float]]) -> str:
-    bar, gap, height, top = 28, 10, 160, 100.0
+    bar, gap, height, top = 28, 10, 160, 100.0  # AP x100 on a 0..100 axis
     width = len(names) * (bar + gap) + 40
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 90}" '
              f'role="img" aria-label="AP per scenario">']
     parts.append(f'<line x1="30" y1="{height}" x2="{width}" y2="{height}" stroke="#333"/>')
+    for tick in (0, 25, 50, 75, 100):  # AP axis, x100
+        y = height - height * tick / top
+        parts.append(f'<line x1="30" y1="{y:.1f}" x2="{width}" y2="{y:.1f}" stroke="#ddd"/>'
+                     f'<text x="26" y="{y + 3:.1f}" font-size="9" text-anchor="end">{tick}</text>')
     for i, (name, value, half) in enumerate(zip(names, values, halves)):
         x = 35 + i * (bar + gap)
         h = height * min(value, top) / top
