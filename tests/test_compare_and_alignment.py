@@ -212,4 +212,4 @@ def test_bar_chart_falls_back_to_inline_svg(two_runs, tmp_path, monkeypatch):
     page = index.read_text()
     assert "<svg" in page and "ap_by_scenario.png" not in page and page.count('class="pair"') == 2
     assert "The worst 2 of 6 images are shown." in page
-    assert len(list((index.parent / "images").glob("*.png"))) == 2  # rows of the earlier report removed
+    assert len(list((index.parent / "images").glob("*.jpg"))) == 2  # rows of the earlier report removed

@@ -76,17 +76,18 @@ def image_oks(gt_persons: np.ndarray, detections: Sequence[Any]) -> Optional[flo
 
 # ------------------------------------------------------------------------------------------------- drawing
 def overlay_panels(image: np.ndarray, gt_persons: np.ndarray, detections: Sequence[Any],
-                   min_size: int = 256) -> np.ndarray:
+                   display_size: int = 320) -> np.ndarray:
     """[generated image + conditioning skeleton | generated image + detected skeleton], one uint8 strip, drawn
-    with the project's skeleton renderer. Small images are enlarged (nearest neighbour) to `min_size` first and
-    the skeletons drawn at that size (line width 10 px per 512 px, at least 3), over the image dimmed to 60% so
-    the limbs stand out against what was generated."""
+    with the project's skeleton renderer. The image is first resized so its short side is `display_size`
+    (nearest neighbour when enlarging a tiny image, bilinear when shrinking) and the skeletons are drawn at that
+    size (line width 10 px per 512 px, at least 3), over the image dimmed to 60% so the limbs stand out."""
     from PIL import Image
 
     h, w = image.shape[:2]
-    factor = max(1, int(np.ceil(min_size / min(h, w))))
-    if factor > 1:
-        image = np.asarray(Image.fromarray(image).resize((w * factor, h * factor), Image.NEAREST))
+    factor = display_size / min(h, w)
+    if factor != 1:
+        size = (max(1, round(w * factor)), max(1, round(h * factor)))
+        image = np.asarray(Image.fromarray(image).resize(size, Image.NEAREST if factor > 1 else Image.BILINEAR))
     h, w = image.shape[:2]
     base = (image.astype(np.float32) * 0.6).astype(np.uint8)
     width = max(3, round(10 * min(h, w) / 512))
@@ -160,8 +161,9 @@ _CSS = """
 body { font-family: sans-serif; margin: 1.5em; color: #222; }
 table { border-collapse: collapse; }
 td, th { border-bottom: 1px solid #ddd; padding: 4px 8px; text-align: left; vertical-align: middle; }
-th { background: #f4f4f4; }
-img.pair { width: 520px; }
+th { background: #f4f4f4; white-space: nowrap; }
+td.num { white-space: nowrap; }
+img.pair { width: 640px; }
 img.chart { max-width: 100%; }
 .bad { color: #b00; font-weight: bold; }
 .note { color: #555; font-size: 0.9em; max-width: 60em; }
@@ -179,8 +181,8 @@ def write_alignment_report(run_dir: Path, report: dict[str, Any], records: Seque
     run_dir = Path(run_dir)
     folder = run_dir / "alignment"
     (folder / "images").mkdir(parents=True, exist_ok=True)
-    for old in (folder / "images").glob("*.png"):  # rows of an earlier scoring of this run
-        old.unlink()
+    for old in [*(folder / "images").glob("*.jpg"), *(folder / "images").glob("*.png")]:
+        old.unlink()  # rows of an earlier scoring of this run
     stored = read_detections(run_dir / "detections.json")
     rows = []
     for record in records:
@@ -196,13 +198,14 @@ def write_alignment_report(run_dir: Path, report: dict[str, Any], records: Seque
         image_path = path if path.is_absolute() else run_dir / path
         with Image.open(image_path) as im:
             image = np.asarray(im.convert("RGB"))
-        name = f"{rank:04d}_{Path(record['image']).stem}.png"
-        Image.fromarray(overlay_panels(image, gt, dets)).save(folder / "images" / name)
+        # JPEG keeps 300 rows of a 512 px run at a few tens of MB; the skeleton colours survive quality 90
+        name = f"{rank:04d}_{Path(record['image']).stem}.jpg"
+        Image.fromarray(overlay_panels(image, gt, dets)).save(folder / "images" / name, quality=90)
         score = "n/a" if value is None else f"{value:.3f}"
         cls = ' class="bad"' if value is not None and value < 0.5 else ""
         body_rows.append(
             f"<tr><td>{rank}</td><td>{html.escape(str(record['id']))}</td><td>{html.escape(record['scenario'])}</td>"
-            f"<td{cls}>{score}</td><td>{len(gt)} / {len(dets)}</td>"
+            f"<td{cls}>{score}</td><td class=\"num\">{len(gt)} / {len(dets)}</td>"
             f'<td><img class="pair" src="images/{name}" alt="{html.escape(str(record["id"]))}"></td>'
             f"<td>{html.escape(record.get('prompt', ''))}</td></tr>")
 
