@@ -20,6 +20,8 @@ from grpose.cli import run
 from grpose.config import load_config
 from grpose.data.datamodule import PoseDataModule
 from grpose.errors import MissingFileError
+from grpose.eval.alignment_report import write_alignment_report
+from grpose.eval.compare import refuse_mixed_scoring
 from grpose.eval.generate import (EvalWriter, check_generation_settings, check_images_folder, eval_trainer,
                                   generation_settings, load_generator, run_predict, select_samples)
 from grpose.eval.report import check_scoring_weights, score_run, write_report
@@ -46,16 +48,19 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Optional[list[str]] = None, quality_feature: Optional[nn.Module] = None) -> Optional[dict[str, Any]]:
+def main(argv: Optional[list[str]] = None, quality_feature: Optional[nn.Module] = None,
+         pose_estimator=None) -> Optional[dict[str, Any]]:
     """Returns the report on rank 0 (None on other ranks). `quality_feature`: an nn.Module to use instead of
-    Inception for FID/KID (tests, custom feature networks)."""
+    Inception for FID/KID (tests, custom feature networks); `pose_estimator`: an object with `.predict` to use
+    instead of the configured MMPose evaluator (tests)."""
     args = parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     metrics = None if args.metrics is None else [m for m in args.metrics.split(",") if m and m != "none"]
     eval_cfg = resolve_eval_settings(cfg, images=args.images, protocol=args.protocol, num_samples=args.limit,
                                      metrics=metrics, run_name=args.run)
     layout = RunLayout(Path(eval_cfg.output_dir) / eval_cfg.run_name)
-    check_scoring_weights(eval_cfg, quality_feature)  # before hours of generation, not after
+    check_scoring_weights(eval_cfg, quality_feature, pose_estimator)  # before hours of generation, not after
+    refuse_mixed_scoring(layout.metrics_json, eval_cfg.pose_evaluator, eval_cfg.metrics)
 
     # 1. images + manifest: generate (every rank its shard), or take a folder of images, or re-score this run
     if args.score_only and args.images is None:
@@ -71,11 +76,15 @@ def main(argv: Optional[list[str]] = None, quality_feature: Optional[nn.Module] 
     # 2. score (rank 0)
     device = "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu"
     results = score_run(records, layout, eval_cfg, image_size=cfg.data.resolution, device=device,
-                        quality_feature=quality_feature, progress=cfg.trainer.enable_progress_bar)
+                        quality_feature=quality_feature, pose_estimator=pose_estimator,
+                        progress=cfg.trainer.enable_progress_bar)
 
     # 3. report
     report = write_report(layout, layout.run_dir.name, results, records, eval_cfg, cfg, settings)
     print(layout.metrics_md.read_text(encoding="utf-8"))
+    if "pose" in results and eval_cfg.alignment_report:
+        index = write_alignment_report(layout.run_dir, report, records, eval_cfg.alignment_max_images)
+        print(f"alignment report: {index}")
     return report
 
 

@@ -131,6 +131,7 @@ class SamplingConfig:
 
 EVAL_PROTOCOLS = ("paper", "standard")
 EVAL_METRICS = ("pose", "quality", "clip")
+POSE_EVALUATORS = ("higherhrnet_bottomup", "vitpose_topdown")
 # Eval settings are resolved and validated in one place, grpose.eval.settings; load_config only calls it.
 
 
@@ -161,6 +162,20 @@ class EvalConfig:
     # Drop the last N mod paper_batch_size test samples, as the release's test loader (drop_last=True) does: they
     # are never generated nor scored. null: on for the `paper` protocol, off for `standard`.
     drop_last: Optional[bool] = None
+    # 95% intervals (docs/evaluation.md, "Confidence intervals"): percentile bootstrap with a fixed seed
+    intervals: bool = True
+    bootstrap_resamples: int = 1000  # AP / SAP / PCE / CLIP-Score replicates
+    bootstrap_quality_resamples: int = 200  # FID / KID replicates (each recomputes them from the features)
+    bootstrap_seed: int = 0
+    confidence: float = 0.95
+    # which pose evaluator scores AP / SAP / PCE (docs/evaluation.md, "Pose evaluators"); never mixed in a table
+    pose_evaluator: str = "higherhrnet_bottomup"  # higherhrnet_bottomup (HumanSD/GRPose) | vitpose_topdown (SP-Ctrl)
+    vitpose_config: str = "vitpose_huge"  # built-in vitpose_{small,base,large,huge}, or an mmpose 0.x config file
+    # mmpose 1.x's Human-Art ViTPose-H (SP-Ctrl's evaluator); ViTPose's own mmpose 0.x checkpoints load too
+    vitpose_checkpoint: Optional[str] = (
+        "models/td-hm_ViTPose-huge_8xb64-210e_humanart-256x192-603bb573_20230612.pth")
+    alignment_report: bool = True  # outputs/<run>/alignment/index.html (needs 'pose' in metrics)
+    alignment_max_images: Optional[int] = 300  # the worst N images get a row (null: every image)
 
 
 @dataclass

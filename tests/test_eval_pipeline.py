@@ -14,7 +14,8 @@ from PIL import Image
 from torch import nn
 
 import eval_pose
-from grpose.config import ConfigError, load_config
+from grpose.config import load_config
+from grpose.errors import ConfigError
 from grpose.data.synthetic import SyntheticPoseDataset
 from grpose.eval.clip_score import clip_score
 from grpose.eval.generate import PipelineGenerator, sample_seed
@@ -325,3 +326,33 @@ def test_paper_protocol_drops_the_last_partial_batch(tiny_checkpoint, tmp_path):
         run(folder, tmp_path, *ckpt, *extra, f"--run={run_name}")
         counts[run_name] = len(read_manifest(RunLayout(tmp_path / run_name).manifest))
     assert counts == {"paper": 4, "standard": 6, "standard_dropping": 4}
+
+
+@pytest.mark.mmpose
+@requires_mmpose
+def test_vitpose_topdown_scores_the_tiny_run(resumed_run, tmp_path):
+    """The second pose evaluator (SP-Ctrl's top-down ViTPose, here a tiny random ViT) on the tiny model's images:
+    refused on the run scored by HigherHRNet's protocol, accepted on a copy without those scores, and recorded."""
+    import mmcv
+
+    from grpose.eval.vitpose import vitpose_config
+
+    config = tmp_path / "tiny_vitpose.py"
+    mmcv.Config(vitpose_config("vitpose_huge", image_size=(48, 64), embed_dim=64, depth=2, num_heads=4)).dump(
+        str(config))
+    run_dir = tmp_path / "tiny_eval"
+    shutil.copytree(resumed_run["layout"].run_dir, run_dir)
+    args = ["--score-only", "--metrics", "pose", "eval.pose_evaluator=vitpose_topdown",
+            f"eval.vitpose_config={config}", "eval.vitpose_checkpoint=null", "eval.bootstrap_resamples=50"]
+    with pytest.raises(ConfigError, match="scored by the higherhrnet_bottomup evaluator"):
+        run(resumed_run["folder"], tmp_path, *args)
+    (run_dir / "metrics.json").unlink()
+    (run_dir / "detections.json").unlink()
+    torch.manual_seed(0)
+    report = run(resumed_run["folder"], tmp_path, *args)
+    assert report["pose_evaluator"] == "vitpose_topdown" and report["pose"]["num_images"] == NUM_SAMPLES
+    # top-down on GT boxes: at most one person per conditioning person, so PCE counts only misses
+    assert report["pose"]["PCE"] >= 0 and report["intervals"]["table1"]["PCE"] is not None
+    assert "pose evaluator `vitpose_topdown`" in (run_dir / "metrics.md").read_text()
+    assert json.loads((run_dir / "detections.json").read_text())["pose_evaluator"] == "vitpose_topdown"
+    assert (run_dir / "alignment" / "index.html").is_file()

@@ -5,7 +5,8 @@ import torch
 from omegaconf import OmegaConf
 
 import train
-from grpose.config import ConfigError, load_config
+from grpose.config import load_config
+from grpose.errors import ConfigError
 from tests.conftest import TINY_OVERRIDES
 
 

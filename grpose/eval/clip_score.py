@@ -84,13 +84,16 @@ def clip_score(
     protocol: str = "standard",
     device: str | torch.device = "cpu",
     progress: bool = True,
-) -> float:
+    return_per_image: bool = False,
+) -> float | tuple[float, np.ndarray]:
     """CLIP-Score x100 of images (uint8 HxWx3 arrays or file paths) against their prompts, in [0, 100].
 
     torchmetrics ``CLIPScore`` scores each pair 100 * cos(E_image, E_text) and reports max(mean, 0).
     ``standard``: one score over the whole set. ``paper``: prompts cut to 77 characters and the score computed per
     batch of ``batch_size`` then averaged over batches, as the lineage did.
+    ``return_per_image``: also return the per-image scores (100 x cosine, unclipped), for bootstrap intervals.
     """
+    from torchmetrics.functional.multimodal.clip_score import _clip_score_update
     from torchmetrics.multimodal.clip_score import CLIPScore
 
     if protocol not in PROTOCOLS:
@@ -102,6 +105,7 @@ def clip_score(
     metric = CLIPScore(model_name_or_path=clip_loader(model_path)).to(device)
 
     batch_means: list[float] = []
+    per_image: list[np.ndarray] = []
     n_images = 0
     image_iter = iter(images)
     with tqdm(total=len(prompts), desc="CLIP-Score", unit="img", disable=not progress) as bar:
@@ -115,15 +119,19 @@ def clip_score(
                     raise ValueError(
                         f"clip_score: {len(prompts)} prompts but only {start + len(batch_images)} images."
                     ) from None
-            score_before, n_before = metric.score.clone(), metric.n_samples.clone()
-            metric.update(batch_images, batch_prompts)
-            batch_means.append(float((metric.score - score_before) / (metric.n_samples - n_before)))
+            # what CLIPScore.update does, keeping the per-pair scores it sums
+            scores, n_pairs = _clip_score_update(batch_images, batch_prompts, metric.model, metric.processor)
+            metric.score += scores.sum(0)
+            metric.n_samples += n_pairs
+            per_image.append(scores.detach().cpu().double().numpy().reshape(-1))
+            batch_means.append(float(scores.sum(0)) / n_pairs)
             n_images += len(batch_images)
             bar.update(len(batch_images))
     if next(image_iter, None) is not None:
         raise ValueError(f"clip_score: more images than the {len(prompts)} prompts given.")
     if n_images == 0:
         raise ValueError("clip_score: no images given.")
-    if protocol == "paper":
-        return float(np.mean([max(m, 0.0) for m in batch_means]))
-    return float(metric.compute())
+    # standard: what CLIPScore.compute returns, max(mean, 0) over all pairs
+    overall = max(float(metric.score) / float(metric.n_samples), 0.0)
+    value = float(np.mean([max(m, 0.0) for m in batch_means])) if protocol == "paper" else overall
+    return (value, np.concatenate(per_image)) if return_per_image else value

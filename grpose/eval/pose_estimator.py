@@ -33,6 +33,12 @@ MODEL_ZOO_HINTS = {
     "higherhrnet_w48_coco_512x512_udp.py": (
         "higherhrnet_w48_humanart_512x512_udp.pth (the paper's evaluator, HigherHRNet-W48 trained on Human-Art) "
         "from the HumanSD release (https://github.com/IDEA-Research/HumanSD, 'Model Weights')"),
+    "vitpose_huge.py": (
+        "td-hm_ViTPose-huge_8xb64-210e_humanart-256x192-603bb573_20230612.pth (ViTPose-H trained on Human-Art + COCO, "
+        "SP-Ctrl's evaluator; mmpose 1.x layout, converted on load): https://download.openmmlab.com/mmpose/v1/"
+        "body_2d_keypoint/topdown_heatmap/human_art/"
+        "td-hm_ViTPose-huge_8xb64-210e_humanart-256x192-603bb573_20230612.pth "
+        "(ViTPose's own mmpose 0.x checkpoints load as they are)"),
 }
 
 PathLike = Union[str, os.PathLike]
@@ -99,6 +105,10 @@ def _load_config(config: Any):
 
     if isinstance(config, mmcv.Config):
         return copy.deepcopy(config)
+    if isinstance(config, str) and config.startswith("vitpose_") and not Path(config).expanduser().is_file():
+        from grpose.eval.vitpose import vitpose_config
+
+        return mmcv.Config(vitpose_config(config))
     if isinstance(config, (str, os.PathLike)):
         return mmcv.Config.fromfile(resolve_mmpose_config(config))
     raise TypeError(f"pose model config must be a path, a config name or an mmcv.Config, got {type(config)}")
@@ -125,6 +135,10 @@ def build_pose_model(config: Any, checkpoint: Optional[PathLike] = None, device:
     # Never fetch the ImageNet initialisation named in the config (`pretrained='mmcls://...'`): either the
     # checkpoint overwrites everything, or a random model is what was asked for.
     cfg.model.pretrained = None
+    if cfg.model.get("backbone", {}).get("type") == "ViT":  # ViTPose: mmpose 0.x has no ViT of its own
+        from grpose.eval.vitpose import register_vit_backbone
+
+        register_vit_backbone()
     model = build_posenet(cfg.model)
     if checkpoint is not None:
         load_pose_checkpoint(model, checkpoint, strict=True)
@@ -198,6 +212,14 @@ def load_pose_checkpoint(model: nn.Module, path: PathLike, strict: bool = True, 
     """Load an MMPose 0.x checkpoint into `model`; with `strict`, any missing or unexpected key is an error."""
     state = read_pose_checkpoint(path, trust_pickle=trust_pickle)
     own = model.state_dict()
+    if "backbone.blocks.0.norm1.weight" in own:  # a ViTPose model: accept mmpose 1.x checkpoints too
+        from grpose.eval.vitpose import from_mmpose1_layout, is_mmpose1_vitpose
+
+        if is_mmpose1_vitpose(state):
+            state, unmapped = from_mmpose1_layout(state, own["backbone.pos_embed"].shape[1])
+            if unmapped and strict:
+                raise RuntimeError(f"pose model checkpoint {path} (mmpose 1.x ViTPose layout): {len(unmapped)} keys "
+                                   f"with no ViTPose counterpart ({_few(unmapped)})")
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     if strict and (missing or unexpected):
@@ -375,4 +397,81 @@ class BottomUpPoseEstimator:
             people, _ = inference_bottom_up_pose_model(self.model, np.ascontiguousarray(fed),
                                                        pose_nms_thr=self.pose_nms_thr)
             results.append([(np.asarray(p["keypoints"], dtype=np.float32), float(p["score"])) for p in people])
+        return results
+
+
+class TopDownPoseEstimator:
+    """An MMPose 0.x top-down estimator (`inference_top_down_pose_model`) run on person boxes taken from the
+    conditioning poses, as SP-Ctrl evaluates with ViTPose (GT boxes, `use_gt_bbox=True`).
+
+    A box is the extent of a person's present keypoints, each side at least `min_box_fraction` of the image
+    (a person with one or two keypoints has a degenerate extent); mmpose pads it by 1.25 and fits the model's
+    aspect ratio. Person scores are rescored as mmpose's TopDownCocoDataset.evaluate does: the mean of the keypoint
+    scores above `vis_thr` times the box score (1 for a GT box), then OKS-NMS at `oks_thr` per image.
+    Images go in as RGB and are handed to mmpose as BGR, which its loader converts back (see BottomUpPoseEstimator).
+    """
+
+    needs_person_boxes = True
+
+    def __init__(self, config: Any, checkpoint: Optional[PathLike], device: Union[str, torch.device] = "cpu",
+                 flip_test: bool = True, vis_thr: float = 0.2, oks_thr: float = 0.9, min_box_fraction: float = 0.05):
+        self.model = build_pose_model(config, checkpoint, device)
+        self.model.test_cfg["flip_test"] = bool(flip_test)
+        # Every box is a GT box with score 1, so the box score need not travel through the pipeline; mmpose 0.29's
+        # heatmap decoding reads it with an array-to-scalar assignment that numpy 2 rejects.
+        collect = _find_transform(self.model.cfg.test_pipeline, "Collect")
+        if collect is not None and "bbox_score" in collect.get("meta_keys", ()):
+            collect["meta_keys"] = [k for k in collect["meta_keys"] if k != "bbox_score"]
+        self.vis_thr, self.oks_thr, self.min_box_fraction = float(vis_thr), float(oks_thr), float(min_box_fraction)
+
+    def boxes(self, people: np.ndarray, width: int, height: int) -> list[np.ndarray]:
+        """xyxy box (and score 1) per conditioning person with at least one present keypoint."""
+        out = []
+        min_w, min_h = self.min_box_fraction * width, self.min_box_fraction * height
+        for person in np.asarray(people, dtype=np.float64).reshape(-1, 17, 3):
+            present = person[:, 2] > 0
+            if not present.any():
+                continue
+            (x0, y0), (x1, y1) = person[present, :2].min(0), person[present, :2].max(0)
+            cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+            w, h = max(x1 - x0, min_w), max(y1 - y0, min_h)
+            out.append(np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2, 1.0], dtype=np.float32))
+        return out
+
+    def predict(self, images: Sequence[np.ndarray], people: Sequence[np.ndarray]
+                ) -> list[list[tuple[np.ndarray, float]]]:
+        """Per image (uint8 H x W x 3 RGB) and its conditioning persons [P, 17, 3], a list of
+        (keypoints [17, 3] (x, y, score) in pixels, person score)."""
+        from mmpose.apis import inference_top_down_pose_model
+        from mmpose.core.post_processing import oks_nms
+
+        if len(images) != len(people):
+            raise ValueError(f"TopDownPoseEstimator.predict: {len(images)} images but {len(people)} pose arrays")
+        results = []
+        for index, (image, persons) in enumerate(zip(images, people)):
+            image = np.asarray(image)
+            if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+                raise ValueError(f"TopDownPoseEstimator.predict: image {index} must be uint8 H x W x 3 RGB, got "
+                                 f"{image.dtype} {image.shape}")
+            boxes = self.boxes(persons, image.shape[1], image.shape[0])
+            if not boxes:
+                results.append([])
+                continue
+            with warnings.catch_warnings():
+                # mmpose 0.x's notice that `dataset=` is deprecated in favour of dataset_info; COCO flip pairs
+                warnings.filterwarnings("ignore", message=r"dataset is deprecated", category=DeprecationWarning)
+                found, _ = inference_top_down_pose_model(
+                    self.model, np.ascontiguousarray(image[..., ::-1]), [{"bbox": b} for b in boxes],
+                    format="xyxy", dataset="TopDownCocoDataset")
+            people_out = []
+            for person in found:
+                kpts = np.asarray(person["keypoints"], dtype=np.float32)
+                visible = kpts[:, 2] > self.vis_thr
+                kpt_score = float(kpts[visible, 2].mean()) if visible.any() else 0.0
+                box = np.asarray(person["bbox"], dtype=np.float64)
+                # mmpose's dataset takes the area of the padded box (scale x 200 includes the 1.25 padding)
+                area = float((box[2] - box[0]) * (box[3] - box[1])) * 1.25**2
+                people_out.append({"keypoints": kpts, "score": kpt_score * float(box[4]), "area": area})
+            keep = oks_nms(people_out, self.oks_thr, sigmas=None) if len(people_out) > 1 else range(len(people_out))
+            results.append([(people_out[k]["keypoints"], people_out[k]["score"]) for k in keep])
         return results

@@ -234,6 +234,8 @@ class QualityMetrics:
         self.device = torch.device(device)
         self.seed = seed
         self.progress = progress
+        # scenario -> (real FID, generated FID, real KID, generated KID) features, kept for the bootstrap intervals
+        self.features: dict[str, tuple[torch.Tensor, ...]] = {}
         if isinstance(feature, nn.Module):
             self.fid_extractor = self.kid_extractor = feature
         else:
@@ -291,6 +293,7 @@ class QualityMetrics:
         real_fid, real_kid = self._features(real_images, fake=False, desc=f"{name} (real)")
         fake_fid, fake_kid = self._features(fake_images, fake=True, desc=f"{name} (generated)")
         n_real, n_fake = real_fid.shape[0], fake_fid.shape[0]
+        self.features[name] = (real_fid, fake_fid, real_kid, fake_kid)
         if min(n_real, n_fake) < 2:
             raise ValueError(f"QualityMetrics: scenario {name!r} needs at least 2 real and 2 generated images for FID.")
 

@@ -9,7 +9,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from ..config import EVAL_METRICS, EVAL_PROTOCOLS
+from ..config import EVAL_METRICS, EVAL_PROTOCOLS, POSE_EVALUATORS
 from ..errors import ConfigError
 
 
@@ -22,6 +22,13 @@ def validate_eval_config(eval_cfg: DictConfig) -> None:
     for key in ("batch_size", "paper_batch_size", "min_scenario_images"):
         if eval_cfg[key] < 1:
             raise ConfigError(f"eval.{key} must be >= 1, got {eval_cfg[key]}")
+    if eval_cfg.pose_evaluator not in POSE_EVALUATORS:
+        raise ConfigError(f"eval.pose_evaluator={eval_cfg.pose_evaluator!r} is not one of {', '.join(POSE_EVALUATORS)}")
+    if not 0.0 < eval_cfg.confidence < 1.0:
+        raise ConfigError(f"eval.confidence must be in (0, 1), got {eval_cfg.confidence}")
+    for key in ("bootstrap_resamples", "bootstrap_quality_resamples"):
+        if eval_cfg[key] < 10:
+            raise ConfigError(f"eval.{key} must be >= 10 for a percentile interval, got {eval_cfg[key]}")
     if eval_cfg.num_samples is not None and eval_cfg.num_samples < 1:
         raise ConfigError(f"eval.num_samples (--limit) must be >= 1, got {eval_cfg.num_samples}")
 
