@@ -17,7 +17,7 @@ import eval_pose
 from grpose.errors import ConfigError
 from grpose.eval.alignment_report import image_oks, oks, read_detections
 from grpose.eval.compare import CompareError, compare_runs, render_comparison, rows_from_reports
-from grpose.eval.generate import image_filename
+from grpose.eval.run_layout import image_filename
 from grpose.pipeline import images_to_uint8
 from tests.test_eval_pipeline import NUM_SAMPLES, OVERRIDES, TinyFeature, dataset
 
@@ -200,7 +200,7 @@ def test_bar_chart_falls_back_to_inline_svg(two_runs, tmp_path, monkeypatch):
     import shutil
 
     from grpose.eval.alignment_report import write_alignment_report
-    from grpose.eval.generate import read_manifest
+    from grpose.eval.run_layout import read_manifest
 
     out, _ = two_runs
     shutil.copytree(out / "shifted", tmp_path / "shifted")

@@ -5,7 +5,6 @@ intervals. Runs scored under different protocols or pose evaluators are refused 
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -14,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from grpose.errors import GRPoseError
 from grpose.eval.intervals import format_value, seed_spread
 
 COLUMNS = ("AP", "SAP", "PCE", "FID", "KID", "CLIP-Score")
@@ -22,7 +22,7 @@ HIGHER_IS_BETTER = {"AP": True, "SAP": True, "PCE": False, "FID": False, "KID": 
 DEFAULT_POSE_EVALUATOR = "higherhrnet_bottomup"  # runs scored before the evaluator was recorded
 
 
-class CompareError(ValueError):
+class CompareError(GRPoseError, ValueError):
     """Runs that cannot be put in one table as asked (a one-line reason)."""
 
 
@@ -245,17 +245,3 @@ def refuse_mixed_scoring(metrics_json: Path, pose_evaluator: str, metrics: Seque
 
 
 # ---------------------------------------------------------------------------------------------------- CLI
-def main(argv: Optional[Sequence[str]] = None) -> str:
-    parser = argparse.ArgumentParser(description="Compare runs' metrics.json in one Table 1 shaped markdown table.")
-    parser.add_argument("runs", nargs="+", help="run folders (outputs/<run>) or their metrics.json files")
-    parser.add_argument("--out", help="also write the table to this markdown file")
-    parser.add_argument("--allow-mixed", action="store_true",
-                        help="tabulate runs scored under different protocols / pose evaluators (with a note)")
-    parser.add_argument("--no-seed-groups", action="store_true",
-                        help="one row per run, even for runs that differ only in their generation seed")
-    args = parser.parse_args(argv)
-    text = compare_runs(args.runs, allow_mixed=args.allow_mixed, group_seeds=not args.no_seed_groups)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text, encoding="utf-8")
-    return text
