@@ -45,9 +45,10 @@ def test_eval_pose_and_pose2img_give_identical_images_from_one_adapter_file(tmp_
     _perturbed_adapter_folder(cfg, tmp_path / "adapter")
     monkeypatch.chdir(load_entry_point.__globals__["REPO"])
     out = tmp_path / "outputs"
+    # One image per forward pass, as pose2img runs it: CPU convolutions may differ in the last bit across batch sizes.
     status = run(load_entry_point("eval_pose.py").main,
                  ["--config", DEMO, *TINY_OVERRIDES, "--ckpt", str(tmp_path / "adapter"), "--limit", "2",
-                  "--metrics", "none", f"eval.output_dir={out}", "eval.run_name=one", "eval.batch_size=1"])  # one image per forward pass, as pose2img runs it: CPU convolutions can differ in the last bit across batch sizes
+                  "--metrics", "none", f"eval.output_dir={out}", "eval.run_name=one", "eval.batch_size=1"])
     assert status == 0
     records = [json.loads(line) for line in (out / "one" / "manifest.jsonl").read_text().splitlines()]
     sample = PoseDataModule(cfg.data).test_dataset()[1]
