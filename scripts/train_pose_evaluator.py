@@ -26,7 +26,10 @@ from grpose.data.skeleton import tensor_to_uint8
 from grpose.data.synthetic import SyntheticPoseDataset
 from grpose.eval.pose_metrics import build_coco_gt, pose_metrics
 
-TRAIN_SEED, HELD_OUT_SEED = 0, 1
+TRAIN_SEED, HELD_OUT_SEED, VALIDATION_SEED = 0, 1, 2
+# Associative-embedding grouping: a joint joins a person when their tags differ by less than this. mmpose's COCO
+# value is 1; a small network's tags are less spread, so the value is chosen on the validation split (seed 2).
+TAG_THRESHOLDS = (1.0, 1.5, 2.0, 3.0)
 
 # mmpose config templates ({...} fields are filled in by `write_config`). The dataset description (keypoint
 # names, flip pairs, sigmas) is mmpose's own COCO one, merged in so the written config is self-contained.
@@ -67,9 +70,6 @@ data = dict(
     test=dict(type='BottomUpCocoDataset', ann_file=data_root + '/annotations/held_out.json',
               img_prefix=data_root + '/images/held_out/', data_cfg=data_cfg, pipeline=test_pipeline),
 )
-_ae_test_cfg = dict(num_joints=17, max_num_people=30, scale_factor=[1], nms_kernel=5, nms_padding=2,
-                    tag_per_joint=True, detection_threshold=0.1, tag_threshold=1, use_detection_val=True,
-                    ignore_too_much=False, adjust=True, refine=True, flip_test=True)
 optimizer = dict(type='Adam', lr={lr})
 optimizer_config = dict(grad_clip=None)
 lr_config = dict(policy='CosineAnnealing', min_lr_ratio=0.01, warmup='linear', warmup_iters={warmup_iters},
@@ -82,6 +82,11 @@ load_from = None
 resume_from = None
 workflow = [('train', 1)]
 """
+
+# Associative-embedding decoding, shared by both networks (mmpose's COCO values but the tag threshold).
+AE_TEST_CFG = ("num_joints=17, max_num_people=30, scale_factor=[1], nms_kernel=5, nms_padding=2, tag_per_joint=True, "
+               "detection_threshold=0.1, tag_threshold={tag_threshold}, use_detection_val=True, "
+               "ignore_too_much=False, adjust=True, refine=True, flip_test=True")
 
 # The evaluator: a miniature HigherHRNet (the paper's evaluator family): an HRNet backbone with 4 stages at 1/4 ..
 # 1/32, the higher-resolution head (1/4 heatmaps + tags, a deconvolution to 1/2 heatmaps), UDP, flip test.
@@ -105,7 +110,7 @@ model = dict(
                            pull_loss_factor=[0.001, 0.001], with_heatmaps_loss=[True, True],
                            heatmaps_loss_factor=[1.0, 1.0])),
     train_cfg=dict(),
-    test_cfg=dict(_ae_test_cfg, with_heatmaps=[True, True], with_ae=[True, False], project2image=False,
+    test_cfg=dict({ae_test_cfg}, with_heatmaps=[True, True], with_ae=[True, False], project2image=False,
                   align_corners=True, use_udp=True))
 """
 
@@ -122,7 +127,7 @@ model = dict(
                            with_ae_loss=[True], push_loss_factor=[0.001], pull_loss_factor=[0.001],
                            with_heatmaps_loss=[True], heatmaps_loss_factor=[1.0])),
     train_cfg=dict(),
-    test_cfg=dict(_ae_test_cfg, with_heatmaps=[True], with_ae=[True], project2image=True, align_corners=False))
+    test_cfg=dict({ae_test_cfg}, with_heatmaps=[True], with_ae=[True], project2image=True, align_corners=False))
 """
 
 NETWORKS = {
@@ -154,6 +159,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0, help="training seed (augmentation, init)")
     p.add_argument("--evaluate-only", action="store_true", help="only score the shipped network on the held-out set")
+    p.add_argument("--from-checkpoint", default=None, help="skip training: ship this runner checkpoint of the "
+                   "network (e.g. <work-dir>/latest.pth), then tune and score it")
+    p.add_argument("--num-tune", type=int, default=100, help="validation renders (seed 2) for the tag threshold")
     p.add_argument("--no-flip-test", action="store_true", help="score without flip test")
     return p.parse_args(argv)
 
@@ -188,13 +196,17 @@ def render_split(data_dir: Path, split: str, seed: int, num: int, resolution: in
     return ann_path
 
 
+def _poses(num: int, resolution: int, seed: int) -> list[torch.Tensor]:
+    ds = SyntheticPoseDataset(num, resolution=resolution, seed=seed)
+    return [ds[i]["keypoints"] for i in range(num)]
+
+
 def held_out_poses(num: int, resolution: int) -> list[np.ndarray]:
-    ds = SyntheticPoseDataset(num, resolution=resolution, seed=HELD_OUT_SEED)
-    return [ds[i]["keypoints"].numpy() for i in range(num)]
+    return [p.numpy() for p in _poses(num, resolution, HELD_OUT_SEED)]
 
 
 # ------------------------------------------------------------------------------------------------- config
-def write_config(args: argparse.Namespace, spec: dict, data_dir: Path, path: Path):
+def write_config(args: argparse.Namespace, spec: dict, data_dir: Path, path: Path, tag_threshold: float = 1.0):
     """Fill the network's template, merge mmpose's COCO dataset description and write a self-contained config."""
     from grpose.eval.pose_estimator import mmpose_config_root, require_mmpose
 
@@ -210,6 +222,7 @@ def write_config(args: argparse.Namespace, spec: dict, data_dir: Path, path: Pat
                   warmup_iters=min(300, iters_per_epoch), log_interval=min(50, iters_per_epoch),
                   rot_factor=15, scale_min=0.8, scale_max=1.25, trans_factor=20,
                   data_root=data_dir.as_posix(),
+                  ae_test_cfg=AE_TEST_CFG.format(tag_threshold=tag_threshold),
                   coco_dataset_info=str(mmpose_config_root() / "_base_" / "datasets" / "coco.py"))
     if "width" in spec:
         fields.update(width2=2 * spec["width"], width4=4 * spec["width"], width8=8 * spec["width"])
@@ -229,6 +242,12 @@ def train(cfg, work_dir: Path, seed: int) -> tuple[Path, int]:
     from mmpose.apis import train_model
     from mmpose.datasets import build_dataset
     from mmpose.models import build_posenet
+    from mmpose.utils import get_root_logger
+
+    # train_model calls get_root_logger(cfg.log_level), i.e. with 'INFO' as the log *file*; setting the logger up
+    # first keeps that stray file out of the working directory (the logger is initialised only once).
+    work_dir.mkdir(parents=True, exist_ok=True)
+    get_root_logger(log_file=str(work_dir / "train.log"), log_level=cfg.log_level)
 
     cfg.work_dir = str(work_dir)
     cfg.gpu_ids = [0]  # only sizes the loader; without CUDA, MMDataParallel keeps the model on the CPU
@@ -244,14 +263,17 @@ def train(cfg, work_dir: Path, seed: int) -> tuple[Path, int]:
     return work_dir / "latest.pth", sum(p.numel() for p in model.parameters())
 
 
-def export_checkpoint(trained: Path, out: Path) -> dict:
-    """Tensors and plain types only, so `read_pose_checkpoint` loads it without trusting pickles."""
+def export_checkpoint(trained: Path, out: Path, half: bool = True) -> dict:
+    """Tensors and plain types only, so `read_pose_checkpoint` loads it without trusting pickles; floating tensors
+    in fp16 with `half` (half the file; `load_state_dict` casts them back into the float32 model)."""
     raw = torch.load(trained, map_location="cpu", weights_only=False)  # our own runner's file
-    state = {k: v.detach().clone() for k, v in raw["state_dict"].items()}
+    state = {k: (v.half() if half and v.is_floating_point() else v).detach().clone()
+             for k, v in raw["state_dict"].items()}
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     meta = {"epoch": int(raw["meta"].get("epoch", -1)), "iter": int(raw["meta"].get("iter", -1)),
-            "trained_on": f"SyntheticPoseDataset(seed={TRAIN_SEED}) renders"}
+            "trained_on": f"SyntheticPoseDataset(seed={TRAIN_SEED}) renders", "stored_dtype": "float16" if half else
+            "float32"}
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": state, "meta": meta}, out)
     return meta
@@ -290,6 +312,26 @@ def evaluate(config: Path, checkpoint: Path, data_dir: Path, num: int, resolutio
     return metrics
 
 
+def choose_tag_threshold(args, spec: dict, data_dir: Path, checkpoint: Path, work_dir: Path) -> tuple[float, list]:
+    """The grouping tag threshold with the best AP - PCE on the validation split (seed 2: neither trained on nor
+    the held-out split that is reported)."""
+    from grpose.eval.pose_estimator import BottomUpPoseEstimator
+    from grpose.eval.quality import load_image
+
+    render_split(data_dir, "validation", VALIDATION_SEED, args.num_tune, args.resolution)
+    images = [load_image(data_dir / "images" / "validation" / f"{i:06d}.png") for i in range(args.num_tune)]
+    poses = [p.numpy() for p in _poses(args.num_tune, args.resolution, VALIDATION_SEED)]
+    rows = []
+    for tag in TAG_THRESHOLDS:
+        config = write_config(args, spec, data_dir, work_dir / f"tune_tag{tag:g}.py", tag_threshold=tag)
+        estimator = BottomUpPoseEstimator(config, str(checkpoint), flip_test=not args.no_flip_test, pose_nms_thr=1.0)
+        m = pose_metrics(poses, estimator.predict(images), protocol="standard", image_size=args.resolution)
+        rows.append({"tag_threshold": tag, "AP": m["AP"], "SAP": m["SAP"], "PCE": m["PCE"]})
+        print(f"validation (seed {VALIDATION_SEED}) tag_threshold={tag:g}: AP {m['AP']:.4f} PCE {m['PCE']:.3f}")
+    best = max(rows, key=lambda r: r["AP"] - r["PCE"])
+    return best["tag_threshold"], rows
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -304,18 +346,23 @@ def main(argv=None) -> None:
 
     render_split(data_dir, "held_out", HELD_OUT_SEED, args.num_val, args.resolution)
     if not args.evaluate_only:
-        render_split(data_dir, "train", TRAIN_SEED, args.num_train, args.resolution)
-        cfg = write_config(args, spec, data_dir, work_dir / spec["config_name"])
-        start = time.time()
-        trained, num_params = train(cfg, work_dir, args.seed)
-        wall = time.time() - start
-        ship_dir.mkdir(parents=True, exist_ok=True)
-        config_path.write_text((work_dir / spec["config_name"]).read_text())
+        summary_path = work_dir / "train_summary.json"
+        if args.from_checkpoint is None:
+            render_split(data_dir, "train", TRAIN_SEED, args.num_train, args.resolution)
+            cfg = write_config(args, spec, data_dir, work_dir / spec["config_name"])
+            start = time.time()
+            trained, num_params = train(cfg, work_dir, args.seed)
+            summary = {"network": args.network, "train_wall_s": time.time() - start, "threads": args.threads,
+                       "num_train": args.num_train, "num_params": num_params}
+        else:
+            trained = Path(args.from_checkpoint)
+            summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {"network": args.network}
         meta = export_checkpoint(trained, checkpoint_path)
-        summary = {"network": args.network, "train_wall_s": wall, "threads": args.threads, **meta,
-                   "num_train": args.num_train, "num_params": num_params, "loss_curve": loss_curve(work_dir)}
-        (work_dir / "train_summary.json").write_text(json.dumps(summary, indent=1))
-        print(f"trained in {wall / 60:.1f} min -> {checkpoint_path}")
+        tag, tuning = choose_tag_threshold(args, spec, data_dir, checkpoint_path, work_dir)
+        write_config(args, spec, data_dir, config_path, tag_threshold=tag)
+        summary.update(meta, tag_threshold=tag, tag_tuning=tuning, loss_curve=loss_curve(work_dir))
+        summary_path.write_text(json.dumps(summary, indent=1))
+        print(f"shipped {config_path} (tag_threshold {tag:g}) and {checkpoint_path}")
     metrics = evaluate(config_path, checkpoint_path, data_dir, args.num_val, args.resolution,
                        flip_test=not args.no_flip_test)
     work_dir.mkdir(parents=True, exist_ok=True)
