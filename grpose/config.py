@@ -36,7 +36,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    base: str = "sd15"  # architecture of the frozen base: sd15 | tiny (shipped configs)
+    base: str = "sd15"  # architecture of the frozen base: sd15 | tiny | mini (shipped configs)
     pretrained: Optional[str] = "models/v1-5-pruned.safetensors"  # diffusers folder or single file; null = random
     adapter: str = "grpose"  # grpose | controlnet
     adapter_weights: Optional[str] = None  # initial adapter weights from prepare_weights.py (safetensors)
@@ -169,7 +169,7 @@ class ConfigError(ValueError):
 
 _CHOICES = {
     "data.dataset": ("synthetic", "humanart", "laion_human"),
-    "model.base": ("sd15", "tiny"),
+    "model.base": ("sd15", "tiny", "mini"),
     "model.adapter": ("grpose", "controlnet"),
     "model.graph_type": ("edgeconv", "gcn"),
     "trainer.precision": ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "auto"),

@@ -28,7 +28,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 CONFIG_DIR = Path(__file__).resolve().parent / "sd15_configs"
-ARCHS = ("sd15", "tiny")
+ARCHS = ("sd15", "tiny", "mini")
 PARTS = ("unet", "vae", "text_encoder")
 
 # Key prefixes of the original LDM single-file layout (v1-5-pruned.ckpt / .safetensors and its fine-tunes).

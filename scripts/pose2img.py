@@ -70,7 +70,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                                              "folder) replacing SD1.5's UNet (paper Fig. 5)")
     weights.add_argument("--trust-pickle", action="store_true",
                          help="allow an adapter .ckpt holding more than tensors (runs its pickle: trusted files only)")
-    weights.add_argument("--arch", default="sd15", choices=("sd15", "tiny"), help="architecture of the weights")
+    weights.add_argument("--arch", default="sd15", choices=("sd15", "tiny", "mini"), help="architecture of the weights")
 
     single = parser.add_argument_group("single pose")
     single.add_argument("--prompt", help="text prompt")
