@@ -40,7 +40,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    base: str = "sd15"  # architecture of the frozen base: sd15 | tiny (shipped configs)
+    base: str = "sd15"  # architecture of the frozen base: sd15 | tiny | mini (shipped configs)
     pretrained: Optional[str] = "models/v1-5-pruned.safetensors"  # diffusers folder or single file; null = random
     adapter: str = "grpose"  # grpose | controlnet | none (the frozen base alone: sampling and evaluation only)
     adapter_weights: Optional[str] = None  # initial adapter weights from prepare_weights.py (safetensors)
