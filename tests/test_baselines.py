@@ -195,6 +195,22 @@ def test_gradients_reach_exactly_the_adapter(kind, tiny_cfg, synthetic_batch):
     assert len(optimizer.param_groups[0]["params"]) == len(list(module.adapter.parameters()))
 
 
+@pytest.mark.parametrize("preset", sorted(str(p.relative_to(ROOT)) for kind in KINDS
+                                    for p in (ROOT / "configs" / "baselines").glob(f"{kind}_*.yaml")))
+def test_one_training_step_per_preset(preset, synthetic_batch, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    full, cfg = load_config(preset), load_config(preset, SHRINK)
+    assert cfg.model.adapter == full.model.adapter in KINDS and full.loss.pose_perception.alpha == 0
+    module = GRPoseLitModule.from_config(cfg)
+    before = {n: p.detach().clone() for n, p in module.adapter.named_parameters()}
+    optimizer = module.configure_optimizers()
+    loss = module.compute_loss(synthetic_batch(2))["loss"]
+    assert torch.isfinite(loss)
+    loss.backward()
+    optimizer.step()
+    assert any(not torch.equal(p, before[n]) for n, p in module.adapter.named_parameters())
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_train_resume_export_sample_and_evaluate(kind, tmp_path, monkeypatch):
     """The preset through train.py (2 steps), --resume to 3 steps, the run's exported adapter through the one loader,
