@@ -15,9 +15,9 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .errors import ConfigError, PoseInputError
+from .models.residuals import UNetResiduals
 from .pose_inputs import PoseCondition, load_pose
 from .precision import inference_autocast, torch_dtype
-from .models.residuals import UNetResiduals
 from .sd15 import StableDiffusionParts, build_sd15, encode_prompts, load_unet, make_scheduler
 from .weights.loader import load_adapter
 

@@ -47,8 +47,8 @@ ADAPTER_CLASSES: dict[str, type] = {
     "T2IAdapter": T2IAdapterBaseline,
     "UniControlNetAdapter": UniControlNetAdapter,
 }
-# Weight files of a diffusers folder, in the order they are looked for (diffusers-format releases on the Hub often
-# only have the pickle; it is read with the restricted unpickler before diffusers touches it).
+# Weight files of a diffusers folder, in the order they are looked for. diffusers-format releases on the Hub often
+# only have the pickle; read_checkpoint opens it with torch's weights-only unpickler before diffusers touches it.
 FOLDER_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 
 # safetensors metadata written by prepare_weights.py: the model config the file was made for.
