@@ -51,7 +51,8 @@ class GRPoseLitModule(pl.LightningModule):
         if model.adapter_weights:
             self.load_adapter_weights(model.adapter_weights)
         if model.gradient_checkpointing:
-            self.adapter.enable_gradient_checkpointing()
+            if self.adapter._supports_gradient_checkpointing:  # T2I-Adapter: too small to be worth it
+                self.adapter.enable_gradient_checkpointing()
             self.unet.enable_gradient_checkpointing()
         if model.channels_last:
             for module in (self.unet, self.vae, self.adapter):
@@ -124,9 +125,8 @@ class GRPoseLitModule(pl.LightningModule):
                                   generator=generator, device=latents.device)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
 
-        down, mid = self.adapter(noisy, timesteps, text, hint)
-        noise_pred = self.unet(noisy, timesteps, encoder_hidden_states=text, down_block_additional_residuals=down,
-                               mid_block_additional_residual=mid).sample
+        residuals = self.adapter.residuals(noisy, timesteps, text, hint)
+        noise_pred = self.unet(noisy, timesteps, encoder_hidden_states=text, **residuals.unet_kwargs()).sample
 
         loss_cfg = self.loss_cfg
         mask = None

@@ -15,6 +15,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .errors import ConfigError, PoseInputError
+from .models.residuals import UNetResiduals
 from .pose_inputs import PoseCondition, load_pose
 from .precision import inference_autocast, torch_dtype
 from .sd15 import StableDiffusionParts, build_sd15, encode_prompts, load_unet, make_scheduler
@@ -39,10 +40,9 @@ def sampling_options(sampling: Any, conditioning_scale: float = 1.0) -> dict[str
 
 
 def _check_adapter_fits(adapter: torch.nn.Module, unet: torch.nn.Module, source: str) -> None:
-    config = getattr(adapter, "config", None)
-    if config is None:
+    if not hasattr(adapter, "unet_fit"):
         return
-    adapter_unet = config.get("unet_config", config)  # GraphPoseAdapter nests it; ControlNetModel is flat
+    adapter_unet = adapter.unet_fit()  # the UNet fields the adapter was built for
     for key in _FIT_KEYS:
         if key not in adapter_unet or key not in unet.config:
             continue
@@ -57,7 +57,8 @@ def _check_adapter_fits(adapter: torch.nn.Module, unet: torch.nn.Module, source:
 
 
 class GRPosePipeline:
-    """Frozen SD1.5 parts + a trained adapter (GraphPoseAdapter or ControlNetBaseline) -> images.
+    """Frozen SD1.5 parts + a trained adapter (any grpose adapter: GRPose, ControlNet, T2I-Adapter, Uni-ControlNet)
+    -> images.
 
     The unconditional branch of classifier-free guidance uses the negative prompt and keeps the pose, as the
     reference sampler does: eps = eps_neg + s * (eps_prompt - eps_neg), both with the adapter's residuals.
@@ -195,10 +196,9 @@ class GRPosePipeline:
             for t in tqdm(self.scheduler.timesteps, desc="sampling", disable=not progress, leave=False):
                 model_in = torch.cat([latents, latents]) if use_cfg else latents
                 model_in = self.scheduler.scale_model_input(model_in, t)
-                down, mid = (adapter(model_in, t, text, pose_condition, conditioning_scale=conditioning_scale)
-                             if adapter is not None else (None, None))
-                eps = self.parts.unet(model_in, t, encoder_hidden_states=text, down_block_additional_residuals=down,
-                                      mid_block_additional_residual=mid).sample
+                residuals = (adapter.residuals(model_in, t, text, pose_condition, conditioning_scale)
+                             if adapter is not None else UNetResiduals())
+                eps = self.parts.unet(model_in, t, encoder_hidden_states=text, **residuals.unet_kwargs()).sample
                 if use_cfg:
                     eps_negative, eps_prompt = eps.chunk(2)
                     eps = eps_negative + guidance_scale * (eps_prompt - eps_negative)

@@ -2,7 +2,8 @@
 `python scripts/export_adapter.py CKPT OUT_DIR [--config CONFIG] [--force]`.
 
 OUT_DIR gets `config.json` + `diffusion_pytorch_model.safetensors`; load it with `grpose.weights.load_adapter(OUT_DIR)`
-(or `GraphPoseAdapter.from_pretrained` / `ControlNetBaseline.from_pretrained`). No SD1.5 weights are needed.
+(or the class's `from_pretrained`: GraphPoseAdapter, ControlNetBaseline, T2IAdapterBaseline,
+UniControlNetAdapter). No SD1.5 weights are needed.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """The trainable branches: GraphPoseAdapter (GRPose) and the plain ControlNet baseline, both returning 12 + 1
-residuals for the frozen UNet's `down_block_additional_residuals` / `mid_block_additional_residual`."""
+residuals for the frozen UNet's `down_block_additional_residuals` / `mid_block_additional_residual`, and
+`build_adapter`, which builds any `model.adapter` (the baselines of paper Table 1 live in their own modules)."""
 
 from __future__ import annotations
 
@@ -11,48 +12,21 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from ..sd15.configs import vae_downsampling
 from .checkpointing import checkpoint_module
 from .pgi import GRAPH_NAMES, ProgressiveGraphIntegrator
 from .pose_encoder import PoseEncoder
+from .residuals import PoseAdapterMixin, UNetResiduals
+from .t2i_adapter import T2IAdapterBaseline
+from .trunk import copy_matching_weights, encoder_config, to_list as _to_list
+from .uni_controlnet import UniControlNetAdapter
 
 Residuals = tuple[list[torch.Tensor], torch.Tensor]
-
-# UNet2DConditionModel config keys that shape the encoder half; everything else (up blocks, ...) is irrelevant.
-_ENCODER_KEYS = (
-    "in_channels", "flip_sin_to_cos", "freq_shift", "down_block_types", "only_cross_attention",
-    "block_out_channels", "layers_per_block", "downsample_padding", "mid_block_scale_factor", "act_fn",
-    "norm_num_groups", "norm_eps", "cross_attention_dim", "attention_head_dim", "num_attention_heads",
-    "use_linear_projection", "upcast_attention", "resnet_time_scale_shift", "transformer_layers_per_block",
-)
+__all__ = ["ControlNetBaseline", "GraphPoseAdapter", "T2IAdapterBaseline", "UNetResiduals", "UniControlNetAdapter",
+           "build_adapter", "copy_matching_weights", "count_parameters", "encoder_config"]
 
 
-def encoder_config(unet_config: Any) -> dict:
-    """The subset of a UNet config that determines its encoder (and so the adapter's trunk)."""
-    return {key: unet_config[key] for key in _ENCODER_KEYS if key in unet_config}
-
-
-def copy_matching_weights(module: nn.Module, source: dict[str, torch.Tensor]) -> dict[str, list[str]]:
-    """Copy every tensor of `module` whose key and shape exist in `source` (a UNet state dict: adapter names
-    mirror it); the rest keeps its designed init (zero convs stay zero). Returns {"copied", "new", "mismatched"}."""
-    report: dict[str, list[str]] = {"copied": [], "new": [], "mismatched": []}
-    updates = {}
-    for key, tensor in module.state_dict().items():
-        if key not in source:
-            report["new"].append(key)
-        elif source[key].shape != tensor.shape:
-            report["mismatched"].append(key)
-        else:
-            updates[key] = source[key]
-            report["copied"].append(key)
-    module.load_state_dict(updates, strict=False)
-    return report
-
-
-def _to_list(value) -> list:
-    return list(value) if isinstance(value, (list, tuple)) else value
-
-
-class GraphPoseAdapter(ModelMixin, ConfigMixin):
+class GraphPoseAdapter(PoseAdapterMixin, ModelMixin, ConfigMixin):
     """GRPose's Graph Pose Adapter (paper section 3).
 
     A copy of the SD1.5 UNet encoder (conv_in, time embedding, 4 down blocks) and middle block. The first ResNet
@@ -146,7 +120,7 @@ class GraphPoseAdapter(ModelMixin, ConfigMixin):
         return down, self.controlnet_mid_block(h) * conditioning_scale
 
 
-class ControlNetBaseline(ControlNetModel):
+class ControlNetBaseline(PoseAdapterMixin, ControlNetModel):
     """Plain ControlNet (paper Table 2, first row): hint encoder into conv_in, no PGI, diffusers' own model.
 
     Our pose images are in [-1, 1]; ControlNet conditions on [0, 1], so the hint is rescaled here.
@@ -165,9 +139,16 @@ class ControlNetBaseline(ControlNetModel):
 
 
 def build_adapter(model_cfg: Any, unet: UNet2DConditionModel, load_weights_from_unet: bool = True) -> nn.Module:
-    """The adapter named by `model.adapter` in the config, initialised from (a copy of) the UNet's encoder."""
+    """The adapter named by `model.adapter` in the config, initialised from (a copy of) the UNet's encoder
+    (T2I-Adapter mirrors nothing of the UNet: it keeps its default init)."""
     if model_cfg.adapter == "controlnet":
         return ControlNetBaseline.from_unet(unet, load_weights_from_unet=load_weights_from_unet)
+    if model_cfg.adapter == "t2i_adapter":
+        return T2IAdapterBaseline.from_unet(unet, vae_downsampling=vae_downsampling(model_cfg.base))
+    if model_cfg.adapter == "uni_controlnet":
+        return UniControlNetAdapter.from_unet(
+            unet, load_weights_from_unet=load_weights_from_unet, stem_channels=list(model_cfg.pose_stem_channels),
+            level_channels=list(model_cfg.pose_level_channels))
     return GraphPoseAdapter.from_unet(
         unet, load_weights_from_unet=load_weights_from_unet,
         pgi_levels=list(model_cfg.pgi_levels), graphs=list(model_cfg.graphs), graph_type=model_cfg.graph_type,

@@ -29,19 +29,27 @@ from torch import nn
 from ..config import ExperimentConfig, ModelConfig, validate
 from ..errors import ConfigError, MissingFileError, OutputExistsError, WeightsError
 from ..files import few, first_line, read_checkpoint, state_dict_mismatch
-from ..models.adapter import ControlNetBaseline, GraphPoseAdapter, build_adapter
+from ..models.adapter import (ControlNetBaseline, GraphPoseAdapter, T2IAdapterBaseline, UniControlNetAdapter,
+                              build_adapter)
 from ..sd15 import sd15_config
 
 # Lightning checkpoints of GRPoseLitModule hold the adapter's tensors under this prefix and nothing else.
 ADAPTER_PREFIX = "adapter."
 
-# `_class_name` in a diffusers config.json -> the class that loads it. A plain diffusers ControlNetModel folder is
-# loaded as our baseline, which is the same network with the pose image mapped from [-1, 1] to ControlNet's [0, 1].
+# `_class_name` in a diffusers config.json -> the class that loads it. Plain diffusers ControlNetModel and T2IAdapter
+# folders (e.g. TencentARC/t2iadapter_keypose_sd14v1) load as our baselines, which are the same networks with the
+# pose image mapped from our [-1, 1] to their [0, 1].
 ADAPTER_CLASSES: dict[str, type] = {
     "GraphPoseAdapter": GraphPoseAdapter,
     "ControlNetBaseline": ControlNetBaseline,
     "ControlNetModel": ControlNetBaseline,
+    "T2IAdapterBaseline": T2IAdapterBaseline,
+    "T2IAdapter": T2IAdapterBaseline,
+    "UniControlNetAdapter": UniControlNetAdapter,
 }
+# Weight files of a diffusers folder, in the order they are looked for. diffusers-format releases on the Hub often
+# only have the pickle; read_checkpoint opens it with torch's weights-only unpickler before diffusers touches it.
+FOLDER_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 
 # safetensors metadata written by prepare_weights.py: the model config the file was made for.
 META_MODEL_CONFIG = "grpose_model_config"
@@ -184,11 +192,12 @@ def _load_pretrained_folder(folder: Path) -> nn.Module:
     cls = ADAPTER_CLASSES.get(class_name)
     if cls is None:
         raise WeightsError(f"{config_path} names class {class_name!r}; grpose loads {', '.join(ADAPTER_CLASSES)}")
-    weights = folder / "diffusion_pytorch_model.safetensors"
-    if not weights.is_file():
-        raise MissingFileError(f"{folder} has no diffusion_pytorch_model.safetensors; export the adapter again "
-                               "(python scripts/export_adapter.py CKPT OUT_DIR)")
-    read_checkpoint(weights)  # a damaged file fails here with our one-line error, not inside diffusers
+    weights = next((folder / name for name in FOLDER_WEIGHTS if (folder / name).is_file()), None)
+    if weights is None:
+        raise MissingFileError(f"{folder} has no diffusion_pytorch_model.safetensors (or .bin); export the adapter "
+                               "again (python scripts/export_adapter.py CKPT OUT_DIR)")
+    # A damaged file (or a pickle holding more than tensors) fails here with our one-line error, not inside diffusers.
+    read_checkpoint(weights, can_trust=False)
     # Without accelerate, diffusers falls back to a normal load anyway, after a warning; ask for that directly.
     low_mem = importlib.util.find_spec("accelerate") is not None
     try:

@@ -1,0 +1,238 @@
+"""Conversion of the baselines' released checkpoints into grpose adapters (paper Table 1 from released weights).
+
+- T2I-Adapter `t2iadapter_keypose_sd14v1.pth` / `t2iadapter_openpose_sd14v1.pth`: a bare state dict of the original
+  `Adapter` (`conv_in`, `body.0..7`, optionally under `adapter.`), or a diffusers-layout state dict
+  (`adapter.body.i.resnets.j.*`). A diffusers-format folder needs no conversion: `load_adapter` reads it.
+- Uni-ControlNet `uni.ckpt`: the integrated model; only `local_adapter.*` is kept, its 21-channel condition input
+  reduced to the openpose channels (exactly what feeding zeros to the other six conditions computes).
+
+Every converter maps each key by a rule, reports what it dropped, fails with a one-line WeightsError naming any key
+that has no place, and loads strictly (every tensor of ours filled, same shapes).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint
+from omegaconf import DictConfig
+from torch import nn
+
+from ..errors import ConfigError, WeightsError
+from ..files import few, read_checkpoint, state_dict_of
+from ..sd15 import sd15_config
+from .loader import adapter_with_weights
+from .release import RELEASE_DROPPED_KEYS
+
+BASELINE_KINDS = ("t2i_adapter", "uni_controlnet")
+
+# ------------------------------------------------------------------------------------------------ T2I-Adapter
+# The original Adapter keeps its 4 levels x num_res_blocks ResnetBlocks in one flat list `body`; diffusers' FullAdapter
+# nests them as body[level].resnets[j]. The 1x1 channel change sits on the level's first block in both.
+T2I_OPTIONAL_PREFIX = "adapter."
+_T2I_CONV_IN = re.compile(r"^conv_in\.(weight|bias)$")
+_T2I_BLOCK = re.compile(r"^body\.(\d+)\.(block1|block2)\.(weight|bias)$")
+_T2I_IN_CONV = re.compile(r"^body\.(\d+)\.in_conv\.(weight|bias)$")
+_T2I_DIFFUSERS = re.compile(r"^body\.\d+\.(resnets\.\d+\.(block1|block2)|in_conv)\.(weight|bias)$|^conv_in\.")
+
+
+def _t2i_layout_is_diffusers(keys: list[str]) -> bool:
+    return any(".resnets." in k for k in keys)
+
+
+def map_t2i_adapter_keys(keys: list[str], num_res_blocks: int = 2) -> tuple[dict[str, str], list[str]]:
+    """Keys of a released T2I-Adapter state dict -> ({our key: their key}, unmapped keys)."""
+    diffusers_layout = _t2i_layout_is_diffusers(keys)
+    mapping: dict[str, str] = {}
+    unmapped = []
+    for key in keys:
+        bare = key[len(T2I_OPTIONAL_PREFIX):] if key.startswith(T2I_OPTIONAL_PREFIX) else key
+        ours = None
+        if diffusers_layout:
+            ours = "adapter." + bare if _T2I_DIFFUSERS.match(bare) else None
+        elif m := _T2I_CONV_IN.match(bare):
+            ours = f"adapter.conv_in.{m[1]}"
+        elif m := _T2I_BLOCK.match(bare):
+            level, j = divmod(int(m[1]), num_res_blocks)
+            ours = f"adapter.body.{level}.resnets.{j}.{m[2]}.{m[3]}"
+        elif (m := _T2I_IN_CONV.match(bare)) and int(m[1]) % num_res_blocks == 0:
+            ours = f"adapter.body.{int(m[1]) // num_res_blocks}.in_conv.{m[2]}"
+        if ours is None or ours in mapping:
+            unmapped.append(key)
+        else:
+            mapping[ours] = key
+    return mapping, sorted(unmapped)
+
+
+def prepare_t2i_adapter_state_dict(state: dict[str, torch.Tensor], model_cfg: DictConfig, source: str = "checkpoint"
+                                   ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """-> (our state dict, report) without building the adapter; raises WeightsError on unmapped keys."""
+    _require_kind(model_cfg, "t2i_adapter")
+    mapping, unmapped = map_t2i_adapter_keys(list(state))
+    if unmapped:
+        raise WeightsError(f"Cannot convert {source}: {len(unmapped)} keys with no place in T2I-Adapter's layout: "
+                           f"{few(unmapped)}. The rules are grpose.weights.baselines.map_t2i_adapter_keys (the "
+                           "original `conv_in` / `body.N.block1|block2|in_conv`, or diffusers' `adapter.body.*`)")
+    converted = {ours: state[theirs] for ours, theirs in mapping.items()}
+    layout = "diffusers" if _t2i_layout_is_diffusers(list(state)) else "original"
+    return converted, {"mapped": mapping, "dropped": [], "unmapped": [], "layout": layout}
+
+
+def convert_t2i_adapter_state_dict(state: dict[str, torch.Tensor], model_cfg: DictConfig, source: str = "checkpoint"
+                                   ) -> tuple[nn.Module, dict[str, Any]]:
+    """A released T2I-Adapter state dict -> our T2IAdapterBaseline, strictly. Returns (adapter, report)."""
+    return convert_baseline_state_dict("t2i_adapter", state, model_cfg, source)
+
+
+# --------------------------------------------------------------------------------------------- Uni-ControlNet
+UNI_ADAPTER_PREFIX = "local_adapter."
+# The rest of the integrated uni.ckpt: the global (content) adapter, which a pose-only comparison does not use, and
+# the frozen SD1.5 parts and LDM noise-schedule buffers, which grpose loads from SD1.5's own file or recomputes.
+UNI_DROPPED_PREFIXES = (
+    "global_adapter.",
+    "model.diffusion_model.",
+    "model_ema.",
+    "first_stage_model.",
+    "cond_stage_model.",
+)
+# The released local adapter stacks 7 conditions of 3 channels, [canny, mlsd, hed, sketch, openpose, midas, seg]:
+# openpose is channels 12..14. Pose-only use feeds zeros to the others, so keeping only these input channels of the
+# first conv computes the same function.
+UNI_CONDITIONS = ("canny", "mlsd", "hed", "sketch", "openpose", "midas", "seg")
+UNI_OPENPOSE_CHANNELS = (12, 15)
+_UNI_FIRST_CONV = "feature_extractor.stem.0.weight"
+# Their FeatureExtractor names -> ours (grpose.models.pose_encoder.PoseEncoder, same structure). Everything else is
+# the UNet-mirroring trunk in LDM names (time_embed, input_blocks, zero_convs, middle_block, middle_block_out),
+# placed by diffusers' own LDM ControlNet conversion; its FDN sub-modules (norm_in / norm_out .conv_gamma /
+# .conv_beta) keep their names there, as ours do.
+UNI_KEY_TABLE: dict[str, str] = {
+    r"^feature_extractor\.pre_extractor\.(\d+)\.": r"feature_extractor.stem.\1.",
+    r"^feature_extractor\.extractors\.(\d+)\.0\.": r"feature_extractor.stages.\1.0.",
+    r"^feature_extractor\.zero_convs\.(\d+)\.": r"feature_extractor.zero_convs.\1.",
+}
+_UNI_PATTERNS = [(re.compile(p), r) for p, r in UNI_KEY_TABLE.items()]
+
+
+def split_uni_controlnet_state_dict(state: dict[str, torch.Tensor]
+                                    ) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
+    """-> (local adapter tensors without `local_adapter.`, dropped keys, keys that belong to no known part)."""
+    adapter, dropped, unknown = {}, [], []
+    for key, value in state.items():
+        if key.startswith(UNI_ADAPTER_PREFIX):
+            adapter[key[len(UNI_ADAPTER_PREFIX):]] = value
+        elif key.startswith(UNI_DROPPED_PREFIXES) or key in RELEASE_DROPPED_KEYS:
+            dropped.append(key)
+        else:
+            unknown.append(key)
+    return adapter, dropped, unknown
+
+
+def map_uni_controlnet_keys(keys: list[str], unet_config: dict) -> tuple[dict[str, str], list[str]]:
+    """Local adapter keys (without `local_adapter.`) -> ({our key: their key}, unmapped keys)."""
+    mapping: dict[str, str] = {}
+    trunk = []
+    for key in keys:
+        for pattern, replacement in _UNI_PATTERNS:
+            if pattern.match(key):
+                mapping[pattern.sub(replacement, key, count=1)] = key
+                break
+        else:
+            if not key.startswith("feature_extractor."):
+                trunk.append(key)
+    # diffusers' converter only moves values around, so run it on the names: each value says where a key went.
+    placed = convert_controlnet_checkpoint({k: k for k in trunk}, unet_config) if trunk else {}
+    mapping.update({ours: theirs for ours, theirs in placed.items() if theirs is not None})
+    used = set(mapping.values())
+    return mapping, sorted(k for k in keys if k not in used)
+
+
+def prepare_uni_controlnet_state_dict(state: dict[str, torch.Tensor], model_cfg: DictConfig,
+                                      source: str = "checkpoint") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """-> (our state dict, report) without building the adapter; raises WeightsError on unmapped keys.
+
+    report: {"mapped": {ours: theirs}, "dropped": [...], "unmapped": [], "condition_channels": N, "sliced": bool}.
+    """
+    _require_kind(model_cfg, "uni_controlnet")
+    local, dropped, unknown = split_uni_controlnet_state_dict(state)
+    if not local:
+        raise WeightsError(f"{source} has no '{UNI_ADAPTER_PREFIX}*' keys: not a Uni-ControlNet checkpoint")
+    mapping, unmapped = map_uni_controlnet_keys(list(local), sd15_config(model_cfg.base, "unet"))
+    problems = []
+    if unknown:
+        problems.append(f"{len(unknown)} keys outside '{UNI_ADAPTER_PREFIX}' that are no known part: "
+                        f"{few(sorted(unknown))}")
+    if unmapped:
+        problems.append(f"{len(unmapped)} local adapter keys with no place in our layout: "
+                        f"{few([UNI_ADAPTER_PREFIX + k for k in unmapped])}")
+    if problems:
+        raise WeightsError(f"Cannot convert {source}: " + "; ".join(problems) + ". The mapping is "
+                           "grpose.weights.baselines.UNI_KEY_TABLE plus diffusers' ControlNet conversion for the trunk")
+    converted = {ours: local[theirs] for ours, theirs in mapping.items()}
+    names = {ours: UNI_ADAPTER_PREFIX + theirs for ours, theirs in mapping.items()}
+    channels = converted[_UNI_FIRST_CONV].shape[1] if _UNI_FIRST_CONV in converted else 3
+    sliced = channels == 3 * len(UNI_CONDITIONS)
+    if sliced:
+        start, stop = UNI_OPENPOSE_CHANNELS
+        converted[_UNI_FIRST_CONV] = converted[_UNI_FIRST_CONV][:, start:stop]
+    elif channels != 3:
+        raise WeightsError(f"{source}: {names[_UNI_FIRST_CONV]} takes {channels} condition channels; expected 3 (a "
+                           f"pose-only adapter) or {3 * len(UNI_CONDITIONS)} (the released 7-condition one)")
+    return converted, {"mapped": names, "dropped": dropped, "unmapped": [], "condition_channels": channels,
+                       "sliced": sliced}
+
+
+def convert_uni_controlnet_state_dict(state: dict[str, torch.Tensor], model_cfg: DictConfig,
+                                      source: str = "checkpoint") -> tuple[nn.Module, dict[str, Any]]:
+    """Uni-ControlNet's (integrated) state dict -> our UniControlNetAdapter, strictly. Returns (adapter, report)."""
+    return convert_baseline_state_dict("uni_controlnet", state, model_cfg, source)
+
+
+# ------------------------------------------------------------------------------------------------------ common
+PREPARERS = {"t2i_adapter": prepare_t2i_adapter_state_dict, "uni_controlnet": prepare_uni_controlnet_state_dict}
+
+
+def _require_kind(model_cfg: DictConfig, kind: str) -> None:
+    if model_cfg.adapter != kind:
+        raise ConfigError(f"converting a {kind} checkpoint needs model.adapter={kind} (got {model_cfg.adapter!r})")
+
+
+def convert_baseline_state_dict(kind: str, state: dict[str, torch.Tensor], model_cfg: DictConfig,
+                                source: str = "checkpoint") -> tuple[nn.Module, dict[str, Any]]:
+    """Dispatch on `kind` (one of BASELINE_KINDS): -> (adapter, report)."""
+    if kind not in PREPARERS:
+        raise ConfigError(f"unknown baseline kind {kind!r}; expected one of {', '.join(BASELINE_KINDS)}")
+    converted, report = PREPARERS[kind](state, model_cfg, source)
+    return adapter_with_weights(model_cfg, converted, source, report["mapped"]), report
+
+
+def convert_baseline_checkpoint(kind: str, path: str | Path, model_cfg: DictConfig, trust_pickle: bool = False
+                                ) -> tuple[nn.Module, dict[str, Any]]:
+    """Read a released checkpoint file (.pth / .ckpt / .bin / .safetensors; a Lightning `state_dict` is unwrapped)
+    and convert it; see `convert_baseline_state_dict`."""
+    path = Path(path)
+    state = state_dict_of(read_checkpoint(path, trust_pickle), path)
+    return convert_baseline_state_dict(kind, state, model_cfg, str(path))
+
+
+def count_by_prefix(keys: list[str], prefixes: tuple[str, ...] = UNI_DROPPED_PREFIXES,
+                    other: str = "LDM buffers (noise schedule)") -> list[str]:
+    """'    prefix  count' lines for a key report of dropped keys."""
+    counts: dict[str, int] = {}
+    for key in keys:
+        prefix = next((p for p in prefixes if key.startswith(p)), other)
+        counts[prefix] = counts.get(prefix, 0) + 1
+    return [f"    {prefix:<34} {n:>4}" for prefix, n in counts.items()]
+
+
+def describe(kind: str, report: dict[str, Any]) -> Optional[str]:
+    """A one-line note on what the conversion changed beyond renaming, or None."""
+    if kind == "uni_controlnet" and report.get("sliced"):
+        start, stop = UNI_OPENPOSE_CHANNELS
+        return (f"condition input: kept channels {start}..{stop - 1} (openpose) of {report['condition_channels']}; "
+                "the other conditions' channels are zero in pose-only use, so the function is unchanged")
+    if kind == "t2i_adapter":
+        return f"key layout: {report['layout']}"
+    return None
