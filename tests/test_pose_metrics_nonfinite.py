@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
+from grpose.config import EvalConfig
 from grpose.eval.finite_inputs import NONFINITE_KEYS, drop_nonfinite
 from grpose.eval.run_layout import RunLayout
 from grpose.eval.pose_metrics import METRIC_KEYS, _evaluate, build_coco_dt, build_coco_gt, pose_metrics
@@ -113,7 +114,8 @@ def test_counts_reach_metrics_json_and_a_warning_line_in_metrics_md(tmp_path):
                         protocol="paper")
     pose["scenarios"] = {}
     records = [{"scenario": "dance"}, {"scenario": "dance"}]
-    eval_cfg = OmegaConf.create({"protocol": "paper", "kid_scale": 100.0, "min_scenario_images": 50})
+    eval_cfg = OmegaConf.merge(OmegaConf.structured(EvalConfig),
+                               {"protocol": "paper", "kid_scale": 100.0, "min_scenario_images": 50})
     layout = RunLayout(tmp_path / "run")
     write_report(layout, "run", {"pose": pose}, records, eval_cfg)
     saved = json.loads(layout.metrics_json.read_text())

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from grpose.config import load_config
+from grpose.errors import ConfigError
 from grpose.lit_module import GRPoseLitModule
 from grpose.sd15 import build_sd15
 
@@ -40,6 +41,10 @@ def test_preset_runs_one_training_step(preset, synthetic_batch, tiny_parts):
     assert cfg.loss.pose_perception.alpha == full.loss.pose_perception.alpha
     if cfg.loss.pose_perception.alpha > 0:
         pytest.importorskip("mmpose", reason="pose-loss presets need mmpose (bash scripts/install_mmpose.sh)")
+    if cfg.model.adapter == "none":  # the base alone is evaluated, never trained
+        with pytest.raises(ConfigError, match="nothing to train"):
+            GRPoseLitModule.from_config(cfg, parts=tiny_parts)
+        return
     module = GRPoseLitModule.from_config(cfg, parts=tiny_parts)
     optimizer = module.configure_optimizers()
     losses = module.compute_loss(synthetic_batch(2))

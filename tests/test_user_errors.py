@@ -19,7 +19,8 @@ from grpose.weights import build_adapter_from_config
 from .conftest import TINY_OVERRIDES, load_entry_point
 
 DEMO = "configs/demo.yaml"
-TINY = ["--config", DEMO, *TINY_OVERRIDES, "eval.metrics=[]"]  # these errors come before any scoring
+# Runs go to a temporary folder, and these errors come before any scoring.
+TINY = ["--config", DEMO, *TINY_OVERRIDES, "eval.metrics=[]", "output_dir={root}/experiments"]
 
 
 class _WritesAFile:
@@ -58,7 +59,7 @@ CASES = [
     ("bad-choice", "train.py", [*TINY, "model.adapter=t2i"], "model.adapter='t2i' is not one of"),
     ("unknown-arch", "train.py", [*TINY, "model.base=sd21"], "model.base='sd21' is not one of"),
     ("missing-config", "train.py", ["--config", "configs/nope.yaml"], "configs/nope.yaml does not exist"),
-    ("resume-without-checkpoint", "train.py", [*TINY, "output_dir={root}/exp", "--resume", "last"],
+    ("resume-without-checkpoint", "train.py", [*TINY, "--resume", "last"],
      "no checkpoint at"),
     ("frozen-dtype-needs-mixed", "train.py", [*TINY, "model.frozen_dtype=bf16"], "needs a mixed trainer.precision"),
     ("missing-sd15-weights", "train.py", [*TINY, "model.pretrained={root}/nothing"], "SD1.5 weights not found"),
