@@ -264,7 +264,7 @@ def check_images_folder(images: Path, records: list[dict[str, Any]], layout: Run
     must (a file that matches nothing means a wrong layout or naming)."""
     if not records:
         raise MissingFileError(f"--images {images}: no <scenario>/<id>.png file matches a sample of the test split "
-                                f"(file names: grpose.eval.generate.image_filename(id))")
+                                f"(file names: grpose.eval.run_layout.image_filename(id))")
     if complete:
         matched = {layout.resolve(r["image"]).resolve() for r in records}
         extra = sorted(str(p) for p in Path(images).glob("*/*.png") if p.resolve() not in matched)
