@@ -208,6 +208,7 @@ train_pipeline = [
         trans_factor=20,
         use_udp=True),
     dict(type='BottomUpRandomFlip', flip_prob=0.5),
+    dict(type='RenderDegradation', prob=0.8),
     dict(type='ToTensor'),
     dict(
         type='NormalizeTensor',
@@ -298,6 +299,7 @@ data = dict(
                 trans_factor=20,
                 use_udp=True),
             dict(type='BottomUpRandomFlip', flip_prob=0.5),
+            dict(type='RenderDegradation', prob=0.8),
             dict(type='ToTensor'),
             dict(
                 type='NormalizeTensor',
@@ -395,16 +397,16 @@ data = dict(
                     'center', 'scale', 'flip_index'
                 ])
         ]))
-optimizer = dict(type='Adam', lr=0.002)
+optimizer = dict(type='Adam', lr=0.0005)
 optimizer_config = dict(grad_clip=None)
 lr_config = dict(
     policy='CosineAnnealing',
     min_lr_ratio=0.01,
     warmup='linear',
-    warmup_iters=300,
+    warmup_iters=50,
     warmup_ratio=0.01,
     by_epoch=False)
-total_epochs = 5
+total_epochs = 1
 checkpoint_config = dict(interval=1, max_keep_ckpts=2)
 log_config = dict(interval=50, hooks=[dict(type='TextLoggerHook')])
 log_level = 'INFO'
