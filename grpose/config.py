@@ -282,11 +282,12 @@ def validate(cfg: DictConfig) -> None:
     if not 0.0 <= cfg.data.prompt_dropout <= 1.0:
         raise ConfigError("data.prompt_dropout must be in [0, 1]")
     multiple = size_multiple(cfg.model.base)
+    suggestion = max(multiple, round(cfg.data.resolution / multiple) * multiple)
     if cfg.data.resolution < multiple or cfg.data.resolution % multiple:
         raise ConfigError(
             f"data.resolution={cfg.data.resolution} must be a positive multiple of {multiple} for "
             f"model.base={cfg.model.base} (the VAE downsamples by {vae_downsampling(cfg.model.base)} and the UNet by "
-            f"{multiple // vae_downsampling(cfg.model.base)} more), e.g. data.resolution={max(multiple, round(cfg.data.resolution / multiple) * multiple)}")
+            f"{multiple // vae_downsampling(cfg.model.base)} more), e.g. data.resolution={suggestion}")
     from .eval.settings import validate_eval_config  # the eval section's own rules live with its resolution
 
     validate_eval_config(cfg.eval)

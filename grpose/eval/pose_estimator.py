@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import MissingExtraError, MissingFileError, WeightsError
+from ..files import first_line
 from ..safe_pickle import unsafe_globals_in_torch_pickle
 
 INSTALL_HINT = ("MMPose 0.x is not installed (needed for the pose perception loss and pose evaluation). "
@@ -189,8 +190,7 @@ def read_pose_checkpoint(path: PathLike, trust_pickle: bool = False) -> dict:
         except (RuntimeError, KeyError, EOFError, ValueError) as err:
             # what torch.load raises on files that are not checkpoints at all (text, truncated downloads)
             raise PoseCheckpointError(f"pose model checkpoint {path} is not a readable PyTorch checkpoint "
-                               f"({type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}); "
-                               f"download it again") from None
+                               f"({type(err).__name__}: {first_line(err)}); download it again") from None
     state = raw.get("state_dict", raw) if isinstance(raw, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise PoseCheckpointError(f"pose model checkpoint {path} holds no state dict of tensors (neither under "

@@ -137,8 +137,9 @@ def score_quality(records: Sequence[dict[str, Any]], layout: RunLayout, protocol
     groups = _by_scenario(records)
     kept = {name: positions for name, positions in groups.items() if len(positions) >= min_scenario_images}
     if not kept:
-        raise EvalInputError(f"FID/KID: no scenario has at least {min_scenario_images} images (eval.min_scenario_images); "
-                         f"evaluate more samples or drop 'quality' from eval.metrics")
+        raise EvalInputError(f"FID/KID: no scenario has at least {min_scenario_images} images "
+                             f"(eval.min_scenario_images); "
+                             f"evaluate more samples or drop 'quality' from eval.metrics")
     scenarios = {
         name: ([layout.resolve(records[i]["real_image"]) for i in positions],
                [layout.resolve(records[i]["image"]) for i in positions])
