@@ -13,12 +13,11 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from ..sd15.configs import vae_downsampling
-from .checkpointing import checkpoint_module
 from .pgi import GRAPH_NAMES, ProgressiveGraphIntegrator
 from .pose_encoder import PoseEncoder
 from .residuals import PoseAdapterMixin, UNetResiduals
 from .t2i_adapter import T2IAdapterBaseline
-from .trunk import copy_matching_weights, encoder_config, to_list as _to_list
+from .trunk import ConditionedTrunk, copy_matching_weights, encoder_config
 from .uni_controlnet import UniControlNetAdapter
 
 Residuals = tuple[list[torch.Tensor], torch.Tensor]
@@ -26,7 +25,7 @@ __all__ = ["ControlNetBaseline", "GraphPoseAdapter", "T2IAdapterBaseline", "UNet
            "build_adapter", "copy_matching_weights", "count_parameters", "encoder_config"]
 
 
-class GraphPoseAdapter(PoseAdapterMixin, ModelMixin, ConfigMixin):
+class GraphPoseAdapter(PoseAdapterMixin, ConditionedTrunk, ModelMixin, ConfigMixin):
     """GRPose's Graph Pose Adapter (paper section 3).
 
     A copy of the SD1.5 UNet encoder (conv_in, time embedding, 4 down blocks) and middle block. The first ResNet
@@ -37,6 +36,7 @@ class GraphPoseAdapter(PoseAdapterMixin, ModelMixin, ConfigMixin):
     """
 
     _supports_gradient_checkpointing = True
+    conditioned_block = ProgressiveGraphIntegrator
 
     @register_to_config
     def __init__(self, unet_config: dict, pgi_levels: Sequence[int] = (0, 1, 2, 3),
@@ -46,15 +46,7 @@ class GraphPoseAdapter(PoseAdapterMixin, ModelMixin, ConfigMixin):
                  pose_level_channels: Sequence[int] = (192, 256, 384, 512)):
         super().__init__()
         # diffusers' ControlNetModel builds exactly the UNet's encoder + mid block + zero convs; borrow them.
-        trunk = ControlNetModel(**{k: _to_list(v) for k, v in unet_config.items()})
-        self.conv_in = trunk.conv_in
-        self.time_proj = trunk.time_proj
-        self.time_embedding = trunk.time_embedding
-        self.down_blocks = trunk.down_blocks
-        self.mid_block = trunk.mid_block
-        self.controlnet_down_blocks = trunk.controlnet_down_blocks
-        self.controlnet_mid_block = trunk.controlnet_mid_block
-        del trunk  # its hint encoder is not part of GRPose
+        self._borrow_trunk(unet_config)
 
         self.pose_encoder = PoseEncoder(3, pose_stem_channels, pose_level_channels)
         temb_channels = self.time_embedding.linear_2.out_features
@@ -68,56 +60,11 @@ class GraphPoseAdapter(PoseAdapterMixin, ModelMixin, ConfigMixin):
                 norm_groups=unet_config.get("norm_num_groups", 32), graph_kind=graph_type, k=knn_k,
                 edgeconv_groups=edgeconv_groups, positional_encoding=positional_encoding,
                 knn_chunk_mb=knn_chunk_mb)
-        self.gradient_checkpointing = False
-
-    @classmethod
-    def from_unet(cls, unet: UNet2DConditionModel, load_weights_from_unet: bool = True,
-                  **adapter_kwargs) -> "GraphPoseAdapter":
-        """Build from a UNet's config and copy every weight that mirrors it (encoder, mid block, and in each
-        PGI conv1 / time_emb_proj / conv_shortcut); `copy_matching_weights` gives the key report."""
-        adapter = cls(unet_config=encoder_config(unet.config), **adapter_kwargs)
-        if load_weights_from_unet:
-            copy_matching_weights(adapter, unet.state_dict())
-        return adapter
-
-    def _run(self, module: nn.Module, *args, **kwargs):
-        if self.gradient_checkpointing and torch.is_grad_enabled():
-            return checkpoint_module(module, *args, **kwargs)
-        return module(*args, **kwargs)
 
     def encode_pose(self, pose_image: torch.Tensor) -> list[torch.Tensor]:
         """The PoseEncoder's per-level features. They do not depend on the timestep, so a sampler computes them
         once per call and passes them to every step instead of the image."""
         return self._run(self.pose_encoder, pose_image)
-
-    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
-                pose_image: torch.Tensor | list[torch.Tensor], conditioning_scale: float = 1.0) -> Residuals:
-        """sample: noisy latent B x 4 x h x w; pose_image: B x 3 x 8h x 8w in [-1, 1], or `encode_pose` of it."""
-        timesteps = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(sample.shape[0])
-        temb = self.time_embedding(self.time_proj(timesteps).to(sample.dtype))
-        pose_features = (self.encode_pose(pose_image.to(sample.dtype)) if torch.is_tensor(pose_image)
-                         else [f.to(sample.dtype) for f in pose_image])
-
-        h = self.conv_in(sample)
-        skips = [h]
-        for level, block in enumerate(self.down_blocks):
-            attentions = getattr(block, "attentions", None)
-            for i, resnet in enumerate(block.resnets):
-                if isinstance(resnet, ProgressiveGraphIntegrator):
-                    h = self._run(resnet, h, temb, pose_features[level])
-                else:
-                    h = self._run(resnet, h, temb)
-                if attentions is not None:
-                    h = self._run(attentions[i], h, encoder_hidden_states=encoder_hidden_states,
-                                  return_dict=False)[0]
-                skips.append(h)
-            for downsampler in block.downsamplers or []:
-                h = downsampler(h)
-                skips.append(h)
-        h = self._run(self.mid_block, h, temb, encoder_hidden_states=encoder_hidden_states)
-
-        down = [zero_conv(skip) * conditioning_scale for zero_conv, skip in zip(self.controlnet_down_blocks, skips)]
-        return down, self.controlnet_mid_block(h) * conditioning_scale
 
 
 class ControlNetBaseline(PoseAdapterMixin, ControlNetModel):
