@@ -25,7 +25,7 @@ from ..errors import ConfigError, WeightsError
 from ..files import few, read_checkpoint, state_dict_of
 from ..sd15 import sd15_config
 from .loader import adapter_with_weights
-from .release import RELEASE_DROPPED_KEYS
+from .release import split_state_dict
 
 BASELINE_KINDS = ("t2i_adapter", "uni_controlnet")
 
@@ -119,15 +119,7 @@ _UNI_PATTERNS = [(re.compile(p), r) for p, r in UNI_KEY_TABLE.items()]
 def split_uni_controlnet_state_dict(state: dict[str, torch.Tensor]
                                     ) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
     """-> (local adapter tensors without `local_adapter.`, dropped keys, keys that belong to no known part)."""
-    adapter, dropped, unknown = {}, [], []
-    for key, value in state.items():
-        if key.startswith(UNI_ADAPTER_PREFIX):
-            adapter[key[len(UNI_ADAPTER_PREFIX):]] = value
-        elif key.startswith(UNI_DROPPED_PREFIXES) or key in RELEASE_DROPPED_KEYS:
-            dropped.append(key)
-        else:
-            unknown.append(key)
-    return adapter, dropped, unknown
+    return split_state_dict(state, UNI_ADAPTER_PREFIX, UNI_DROPPED_PREFIXES)
 
 
 def map_uni_controlnet_keys(keys: list[str], unet_config: dict) -> tuple[dict[str, str], list[str]]:

@@ -77,17 +77,25 @@ RELEASE_KEY_TABLE: dict[str, str] = {
 _RELEASE_PATTERNS = [(re.compile(pattern), replacement) for pattern, replacement in RELEASE_KEY_TABLE.items()]
 
 
-def split_release_state_dict(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
-    """-> (adapter tensors with `control_model.` removed, dropped keys, keys that belong to neither)."""
+def split_state_dict(state: dict[str, torch.Tensor], adapter_prefix: str, dropped_prefixes: tuple[str, ...],
+                     dropped_keys: frozenset[str] = RELEASE_DROPPED_KEYS
+                     ) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
+    """An LDM-layout checkpoint -> (adapter tensors with `adapter_prefix` removed, dropped keys of the known frozen
+    parts, keys that belong to neither)."""
     adapter, dropped, unknown = {}, [], []
     for key, value in state.items():
-        if key.startswith(RELEASE_ADAPTER_PREFIX):
-            adapter[key[len(RELEASE_ADAPTER_PREFIX):]] = value
-        elif key.startswith(RELEASE_DROPPED_PREFIXES) or key in RELEASE_DROPPED_KEYS:
+        if key.startswith(adapter_prefix):
+            adapter[key[len(adapter_prefix):]] = value
+        elif key.startswith(dropped_prefixes) or key in dropped_keys:
             dropped.append(key)
         else:
             unknown.append(key)
     return adapter, dropped, unknown
+
+
+def split_release_state_dict(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
+    """-> (adapter tensors with `control_model.` removed, dropped keys, keys that belong to neither)."""
+    return split_state_dict(state, RELEASE_ADAPTER_PREFIX, RELEASE_DROPPED_PREFIXES)
 
 
 def _rename_release_key(key: str) -> Optional[str]:
