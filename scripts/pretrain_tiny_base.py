@@ -55,6 +55,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--vae-lr", type=float, default=1e-3)
     p.add_argument("--kl-weight", type=float, default=1e-5, help="weight of the per-pixel KL term")
     p.add_argument("--reuse-vae", action="store_true", help="load the VAE stage from --cache-dir instead of training")
+    p.add_argument("--finetune-decoder", type=int, default=0, metavar="STEPS",
+                   help="only fine-tune the VAE decoder of --out for STEPS full-resolution steps (encoder frozen, "
+                        "so latents and the UNet stay valid) and write it back")
+    p.add_argument("--decoder-lr", type=float, default=3e-4)
     # UNet stage
     p.add_argument("--unet-steps", type=int, default=1800)
     p.add_argument("--unet-batch", type=int, default=32)
@@ -175,6 +179,41 @@ def train_vae(args, images: torch.Tensor, gen: torch.Generator) -> tuple[Autoenc
     return vae, log
 
 
+def finetune_decoder(args, vae: AutoencoderKL, images: torch.Tensor, gen: torch.Generator) -> CurveLog:
+    """Sharpen the decoder on full 128 px images with the encoder frozen (SD's "ft-MSE" VAE recipe): the latent
+    space, and so the UNet trained on it, is unchanged; only what the decoder draws from a latent improves."""
+    vae.requires_grad_(False)
+    decoder = [*vae.post_quant_conv.parameters(), *vae.decoder.parameters()]
+    for p in decoder:
+        p.requires_grad_(True)
+    vae.decoder.train()
+    opt = torch.optim.AdamW(decoder, lr=args.decoder_lr, weight_decay=0.0)
+    log = CurveLog(Path(args.log_dir) / "mini_base_decoder_loss.csv", ["l1", "mse"])
+    n = images.shape[0]
+    for step in tqdm(range(args.finetune_decoder), desc="VAE decoder"):
+        idx = torch.randint(0, n, (args.vae_full_batch,), generator=gen)
+        x = to_float(images[idx])
+        flip = torch.rand(x.shape[0], generator=gen) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        lr = args.decoder_lr * lr_at(step, args.finetune_decoder, args.warmup)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        with torch.no_grad():
+            posterior = vae.encode(x).latent_dist
+            z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)
+        recon = vae.decode(z).sample
+        l1 = (recon - x).abs().mean()
+        mse = (recon - x).square().mean()
+        opt.zero_grad(set_to_none=True)
+        (l1 + mse).backward()
+        torch.nn.utils.clip_grad_norm_(decoder, 1.0)
+        opt.step()
+        log.add(step, [l1.item(), mse.item()], lr)
+    log.close()
+    vae.eval().requires_grad_(False)
+    return log
+
+
 @torch.no_grad()
 def encode_latents(vae: AutoencoderKL, images: torch.Tensor, batch: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     means, stds = [], []
@@ -267,16 +306,6 @@ def save_base(out: Path, unet, vae, text_encoder) -> None:
         half.save_pretrained(str(out / name), safe_serialization=True)
 
 
-class TextOnly(torch.nn.Module):
-    """Stands in for a pose adapter so the project's sampler runs the base alone: no residuals, pose ignored."""
-
-    def encode_pose(self, pose):
-        return None
-
-    def forward(self, latents, timestep, text, pose_condition, conditioning_scale=1.0):
-        return None, None
-
-
 def _caption_tile(text: str, width: int, lines: int = 4) -> Image.Image:
     tile = Image.new("RGB", (width, 12 * lines + 4), (255, 255, 255))
     draw = ImageDraw.Draw(tile)
@@ -288,7 +317,7 @@ def _caption_tile(text: str, width: int, lines: int = 4) -> Image.Image:
 def sample_grid(args) -> None:
     """Columns: evaluation-split captions; rows: the real image (seed 1) then one generated image per seed."""
     parts = build_sd15(ARCH, args.out)
-    pipe = GRPosePipeline(parts, TextOnly())
+    pipe = GRPosePipeline(parts, None)  # the base alone: no adapter, pose ignored
     real, prompts = render_dataset(args.grid_captions, EVAL_SEED, Path(args.cache_dir))
     blank_pose = torch.zeros(args.grid_captions, 3, RESOLUTION, RESOLUTION)
     rows = []
@@ -353,6 +382,17 @@ def main() -> None:
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     cache = Path(args.cache_dir)
+    if args.finetune_decoder:
+        images, _ = render_dataset(args.num_images, TRAIN_SEED, cache)
+        vae = AutoencoderKL.from_pretrained(str(Path(args.out) / "vae"), torch_dtype=torch.float32)
+        start = time.time()
+        log = finetune_decoder(args, vae, images, gen)
+        print(json.dumps({"decoder_s": round(time.time() - start, 1), "final": log.rows[-1]}))
+        half = copy.deepcopy(vae)
+        torch.nn.Module.to(half, dtype=torch.float16)
+        half.save_pretrained(str(Path(args.out) / "vae"), safe_serialization=True)
+        sample_grid(args)
+        return
     timings = {}
 
     start = time.time()
