@@ -2,6 +2,8 @@
 
     python scripts/mini_paper.py                      # Table 2 (components), seeds 0 1 2
     python scripts/mini_paper.py --table 4            # Table 4 (#Graph 0-3)
+    python scripts/mini_paper.py --table 1            # Table 1 (every method of the harness)
+    python scripts/mini_paper.py --table 1 --rows t2i_adapter uni_controlnet   # only those presets' runs
     python scripts/mini_paper.py --seeds 0 1 --out table.md
 
 Every row is a preset in configs/mini/ (the demo's world: the pretrained tiny base, the trained evaluator) run
@@ -28,7 +30,12 @@ from grpose.errors import ConfigError, EvalInputError
 
 REPO = Path(__file__).resolve().parents[1]
 TABLES: dict[str, list[tuple[str, str]]] = {
-    # (row label, preset)
+    # (row label, preset); rows of different tables with the same preset share their runs
+    "1": [("SD (base alone)", "configs/mini/base.yaml"),
+          ("T2I-Adapter", "configs/mini/t2i_adapter.yaml"),
+          ("ControlNet", "configs/mini/controlnet.yaml"),
+          ("Uni-ControlNet", "configs/mini/uni_controlnet.yaml"),
+          ("GRPose", "configs/mini/grpose_poseloss.yaml")],
     "2": [("SD (base alone)", "configs/mini/base.yaml"),
           ("ControlNet", "configs/mini/controlnet.yaml"),
           ("ControlNet + L_p", "configs/mini/controlnet_poseloss.yaml"),
@@ -46,6 +53,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--table", choices=sorted(TABLES), default="2", help="which paper table")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="one training + sampling seed per run")
+    parser.add_argument("--rows", nargs="+", metavar="PRESET",
+                        help="only the rows of these presets (file stems of configs/mini/), e.g. to split a table "
+                             "over two processes")
     parser.add_argument("--out", help="also write the markdown table here")
     parser.add_argument("--workdir", default="experiments/mini_paper", help="training runs")
     parser.add_argument("--outputs", default="outputs/mini_paper", help="evaluation runs")
@@ -119,11 +129,18 @@ def render(table: str, rows: dict[str, list[dict]], seeds: list[int]) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     args = parse_args(argv)
-    missing = [p for _, p in TABLES[args.table] if not (REPO / p).is_file()]
+    table = TABLES[args.table]
+    missing = [p for _, p in table if not (REPO / p).is_file()]
     if missing:
         raise ConfigError(f"preset(s) {', '.join(missing)} missing; the mini presets ship in configs/mini/")
+    if args.rows:
+        unknown = sorted(set(args.rows) - {Path(p).stem for _, p in table})
+        if unknown:
+            raise ConfigError(f"--rows {' '.join(unknown)}: not a preset of Table {args.table} "
+                              f"({', '.join(Path(p).stem for _, p in table)})")
+        table = [(label, p) for label, p in table if Path(p).stem in args.rows]
     start = time.perf_counter()
-    rows = {label: [run_one(preset, seed, args) for seed in args.seeds] for label, preset in TABLES[args.table]}
+    rows = {label: [run_one(preset, seed, args) for seed in args.seeds] for label, preset in table}
     markdown = render(args.table, rows, args.seeds)
     minutes = (time.perf_counter() - start) / 60
     print(markdown)

@@ -55,6 +55,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--vae-lr", type=float, default=1e-3)
     p.add_argument("--kl-weight", type=float, default=1e-5, help="weight of the per-pixel KL term")
     p.add_argument("--reuse-vae", action="store_true", help="load the VAE stage from --cache-dir instead of training")
+    p.add_argument("--from-base", metavar="DIR",
+                   help="continue from the base in DIR: its VAE is kept (no VAE stage) and its UNet and text encoder "
+                        "are the starting point of the UNet stage")
     p.add_argument("--finetune-decoder", type=int, default=0, metavar="STEPS",
                    help="only fine-tune the VAE decoder of --out for STEPS full-resolution steps (encoder frozen, "
                         "so latents and the UNet stay valid) and write it back")
@@ -239,8 +242,12 @@ def ema_update(ema: list[torch.Tensor], params: list[torch.Tensor], decay: float
 
 def train_unet(args, means, stds, scale, prompts, gen):
     torch.manual_seed(args.seed + 1)
-    unet = UNet2DConditionModel.from_config(sd15_config(ARCH, "unet"))
-    text_encoder = CLIPTextModel(CLIPTextConfig(**sd15_config(ARCH, "text_encoder")))
+    if args.from_base:
+        start = build_sd15(ARCH, args.from_base)
+        unet, text_encoder = start.unet.requires_grad_(True), start.text_encoder
+    else:
+        unet = UNet2DConditionModel.from_config(sd15_config(ARCH, "unet"))
+        text_encoder = CLIPTextModel(CLIPTextConfig(**sd15_config(ARCH, "text_encoder")))
     tokenizer = make_tokenizer()
     tokenize = lambda texts: tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length,
                                        truncation=True, return_tensors="pt").input_ids
@@ -401,8 +408,9 @@ def main() -> None:
 
     start = time.time()
     vae_path = cache / "vae"
-    if args.reuse_vae:
-        vae = AutoencoderKL.from_pretrained(str(vae_path)).eval().requires_grad_(False)
+    if args.from_base or args.reuse_vae:
+        source = str(Path(args.from_base) / "vae") if args.from_base else str(vae_path)
+        vae = AutoencoderKL.from_pretrained(source, torch_dtype=torch.float32).eval().requires_grad_(False)
         vae_log = None
     else:
         vae, vae_log = train_vae(args, images, gen)
@@ -413,7 +421,8 @@ def main() -> None:
     means, stds = encode_latents(vae, images)
     del images
     # Like SD1.5's 0.18215: scale latents to unit variance so the noise schedule sees the signal it was made for.
-    scale = float(1.0 / means.std())
+    # A continued base keeps the scale its UNet was trained with.
+    scale = float(vae.config.scaling_factor) if args.from_base else float(1.0 / means.std())
     vae.register_to_config(scaling_factor=scale)
     timings["encode_s"] = time.time() - start
 

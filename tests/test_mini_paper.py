@@ -37,3 +37,10 @@ def test_every_preset_of_the_tables_exists(mini_paper):
     for rows in mini_paper.TABLES.values():
         for _, preset in rows:
             assert (root / preset).is_file(), preset
+
+
+def test_rows_filter_refuses_a_preset_outside_the_table(mini_paper):
+    from grpose.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--rows graphs_0: not a preset of Table 1"):
+        mini_paper.main(["--table", "1", "--rows", "graphs_0", "t2i_adapter"])
