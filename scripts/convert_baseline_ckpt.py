@@ -4,7 +4,8 @@
 KIND is `t2i_adapter` (t2iadapter_keypose_sd14v1.pth / t2iadapter_openpose_sd14v1.pth, original or diffusers key
 layout; a diffusers-format folder such as TencentARC/t2iadapter_keypose_sd14v1 is also accepted and re-saved as
 safetensors), `uni_controlnet` (uni.ckpt: its local adapter, reduced to the openpose condition) or `stable_pose`
-(Stable-Pose's Human-Art / LAION-Human checkpoints: `stable_pose_adapter.*`). Every tensor must find its place and every tensor of ours must be filled, or nothing is written. OUT_DIR is a diffusers folder for
+(Stable-Pose's Human-Art / LAION-Human checkpoints: `stable_pose_adapter.*`). Every tensor must find its place and
+every tensor of ours must be filled, or nothing is written. OUT_DIR is a diffusers folder for
 `grpose.weights.load_adapter` (eval_pose.py --ckpt, pose2img.py). The default config is SD1.5 at full size.
 """
 
