@@ -207,6 +207,12 @@ _CHOICES = {
 _GRAPH_NAMES = ("latent", "pose", "fuse")
 
 
+def trainable_adapters() -> tuple[str, ...]:
+    """Every `model.adapter` that trains (all choices but `none`), in the order of the choices: tools that run each
+    method (scripts/benchmark.py) take them from here, so a method added to the choices needs no other list."""
+    return tuple(a for a in _CHOICES["model.adapter"] if a != "none")
+
+
 def _merge(base: DictConfig, delta: Any, source: str) -> DictConfig:
     try:
         return OmegaConf.merge(base, delta)
