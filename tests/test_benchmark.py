@@ -108,7 +108,8 @@ def test_smoke_run_of_the_other_baselines_reports_each_without_ratios(tmp_path):
 def test_flop_count_covers_every_method_on_the_meta_device():
     benchmark = load_benchmark()
     report = benchmark.main(["--config", str(ROOT / "configs" / "demo.yaml"), "--adapters", "all",
-                             "--count-flops-only", "--full-size", "--batch-size", "2", "--resolution", "64"], log=lambda line: None)
+                             "--count-flops-only", "--full-size", "--batch-size", "2", "--resolution", "64"],
+                            log=lambda line: None)
     rows = {line.split("|")[1].strip(): float(line.split("|")[2]) for line in report.markdown.splitlines()
             if line.startswith("| ") and not line.startswith("| adapter")}
     assert set(rows) == set(benchmark.trainable_adapters())
