@@ -42,8 +42,8 @@ class DataConfig:
 class ModelConfig:
     base: str = "sd15"  # architecture of the frozen base: sd15 | tiny | mini (shipped configs)
     pretrained: Optional[str] = "models/v1-5-pruned.safetensors"  # diffusers folder or single file; null = random
-    # grpose | controlnet | t2i_adapter | uni_controlnet (paper Table 1 baselines, docs/baselines.md) | none (the
-    # frozen base alone: sampling and evaluation only)
+    # grpose | controlnet | t2i_adapter | uni_controlnet | stable_pose (paper Table 1 baselines, docs/baselines.md)
+    # | none (the frozen base alone: sampling and evaluation only)
     adapter: str = "grpose"
     adapter_weights: Optional[str] = None  # initial adapter weights from prepare_weights.py (safetensors)
     pgi_levels: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
@@ -53,7 +53,8 @@ class ModelConfig:
     positional_encoding: bool = False
     edgeconv_groups: int = 4
     knn_chunk_mb: float = 256.0  # memory budget of one chunk of the pairwise-distance matrix
-    # PoseEncoder sizes; uni_controlnet's feature extractor has the same structure and uses them too
+    # PoseEncoder sizes; uni_controlnet's feature extractor has the same structure and uses them too, stable_pose
+    # the stem and the first level's width
     pose_stem_channels: list[int] = field(default_factory=lambda: [32, 64, 128])
     pose_level_channels: list[int] = field(default_factory=lambda: [192, 256, 384, 512])
     conditioning_scale: float = 1.0
@@ -197,13 +198,19 @@ class ExperimentConfig:
 _CHOICES = {
     "data.dataset": ("synthetic", "humanart", "laion_human"),
     "model.base": ARCHS,
-    "model.adapter": ("grpose", "controlnet", "t2i_adapter", "uni_controlnet", "none"),
+    "model.adapter": ("grpose", "controlnet", "t2i_adapter", "uni_controlnet", "stable_pose", "none"),
     "model.graph_type": ("edgeconv", "gcn"),
     "trainer.precision": TRAINER_PRECISIONS,
     "trainer.logger": ("tensorboard", "csv"),
     "model.frozen_dtype": FROZEN_DTYPES,
 }
 _GRAPH_NAMES = ("latent", "pose", "fuse")
+
+
+def trainable_adapters() -> tuple[str, ...]:
+    """Every `model.adapter` that trains (all choices but `none`), in the order of the choices: tools that run each
+    method (scripts/benchmark.py) take them from here, so a method added to the choices needs no other list."""
+    return tuple(a for a in _CHOICES["model.adapter"] if a != "none")
 
 
 def _merge(base: DictConfig, delta: Any, source: str) -> DictConfig:

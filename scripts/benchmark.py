@@ -1,7 +1,9 @@
-"""Speed and memory of GRPose against the plain ControlNet baseline: same data, same settings, one run.
+"""Speed and memory of GRPose against the plain ControlNet baseline (and any other trainable method of paper Table 1):
+same data, same settings, one run.
 
 Usage: python scripts/benchmark.py --config configs/demo.yaml [--steps N --warmup W --repeats R --batch-size B
-       --resolution PX --sample-steps S --adapters grpose,controlnet --full-size --out FILE.md] [key=value ...]
+       --resolution PX --sample-steps S --adapters grpose,controlnet|all --full-size --out FILE.md] [key=value ...]
+`--adapters` takes any `model.adapter` that trains (grpose.config.trainable_adapters()), or `all` for every one.
 Measured numbers and how to read them: BENCHMARKS.md.
 """
 
@@ -26,7 +28,7 @@ from omegaconf import DictConfig
 from torch.utils.flop_counter import FlopCounterMode
 
 from grpose.cli import run
-from grpose.config import ModelConfig, SamplingConfig, load_config
+from grpose.config import ModelConfig, SamplingConfig, load_config, trainable_adapters
 from grpose.errors import ConfigError
 from grpose.data.synthetic import SyntheticPoseDataset
 from grpose.lit_module import GRPoseLitModule
@@ -34,7 +36,8 @@ from grpose.models.knn_graph import KNN_PROFILER_RANGE
 from grpose.models.pgi import ProgressiveGraphIntegrator
 from grpose.precision import autocast_dtype
 
-ADAPTERS = ("grpose", "controlnet")
+# The default run and the pair the ratios and targets compare (the PGI overhead over the plain ControlNet).
+RATIO_PAIR = ("grpose", "controlnet")
 # Dense (no sparsity) bf16 tensor-core peaks from NVIDIA's datasheets, TFLOP/s. First match on the device name
 # wins, so the PCIe H100 precedes the generic (SXM) H100 entry.
 PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
@@ -62,7 +65,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         help="DDIM steps per sampling call (default: sampling.num_inference_steps)")
     parser.add_argument("--sample-batch-size", type=int, default=None,
                         help="images per sampling call (default: data.val_batch_size)")
-    parser.add_argument("--adapters", default=",".join(ADAPTERS), help="comma list among grpose,controlnet")
+    parser.add_argument("--adapters", default=",".join(RATIO_PAIR),
+                        help=f"comma list among {','.join(trainable_adapters())}, or all")
     parser.add_argument("--full-size", action="store_true",
                         help="SD1.5-size random-weight model (model.base=sd15, pretrained=null, full-size pose "
                              "encoder, 512 px, batch 6, 50 DDIM steps, guidance 9) unless flags say otherwise")
@@ -82,10 +86,14 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
             parser.error(f"--{name} must be >= 1")
     if args.warmup < 0:
         parser.error("--warmup must be >= 0")
+    choices = trainable_adapters()
     adapters = [a.strip() for a in args.adapters.split(",") if a.strip()]
-    unknown = [a for a in adapters if a not in ADAPTERS]
-    if unknown or not adapters:
-        parser.error(f"--adapters takes a comma list among {','.join(ADAPTERS)}, got {args.adapters!r}")
+    if adapters == ["all"]:
+        adapters = list(choices)
+    unknown = [a for a in adapters if a not in choices]
+    if unknown or not adapters or len(set(adapters)) != len(adapters):
+        parser.error(f"--adapters takes a comma list (no repeats) among {','.join(choices)}, or all; "
+                     f"got {args.adapters!r}")
     args.adapters = adapters
     if any(o.split("=", 1)[0].strip() == "model.adapter" for o in args.overrides):
         parser.error("model.adapter is set by --adapters; remove the model.adapter override")
@@ -457,7 +465,7 @@ def render_flops_markdown(flops: dict[str, float], header: dict[str, str]) -> st
     for name, value in flops.items():
         times = [f"{value / (TARGET_MFU * tflops * 1e12) * 1e3:.0f}" for _, tflops in gpus]
         lines.append("| " + " | ".join([name, f"{value / 1e12:.2f}", *times]) + " |")
-    if all(a in flops for a in ADAPTERS):
+    if all(a in flops for a in RATIO_PAIR):
         lines += ["", f"FLOP ratio grpose / controlnet: {flops['grpose'] / flops['controlnet']:.3f}"]
     return "\n".join(lines) + "\n"
 
@@ -483,7 +491,7 @@ def _num(value: Optional[float], fmt: str) -> str:
 
 
 def compute_ratios(results: dict[str, AdapterResult]) -> dict[str, float]:
-    if not all(a in results for a in ADAPTERS):
+    if not all(a in results for a in RATIO_PAIR):
         return {}
     g, c = results["grpose"], results["controlnet"]
     ratios = {

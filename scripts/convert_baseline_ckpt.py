@@ -3,8 +3,11 @@
 
 KIND is `t2i_adapter` (t2iadapter_keypose_sd14v1.pth / t2iadapter_openpose_sd14v1.pth, original or diffusers key
 layout; a diffusers-format folder such as TencentARC/t2iadapter_keypose_sd14v1 is also accepted and re-saved as
-safetensors) or `uni_controlnet` (uni.ckpt: its local adapter, reduced to the openpose condition). Every tensor must
-find its place and every tensor of ours must be filled, or nothing is written. OUT_DIR is a diffusers folder for
+safetensors), `uni_controlnet` (uni.ckpt: its local adapter, reduced to the openpose condition) or `stable_pose`
+(Stable-Pose's Human-Art / LAION-Human checkpoints: `stable_pose_adapter.*`) or `controlnet` (ControlNet openpose:
+control_sd15_openpose.pth, control_v11p_sd15_openpose.pth, or the diffusers folder
+lllyasviel/control_v11p_sd15_openpose, which is re-saved). Every tensor must find its place and
+every tensor of ours must be filled, or nothing is written. OUT_DIR is a diffusers folder for
 `grpose.weights.load_adapter` (eval_pose.py --ckpt, pose2img.py). The default config is SD1.5 at full size.
 """
 
@@ -25,7 +28,7 @@ from grpose.weights.loader import refuse_overwrite
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("kind", choices=BASELINE_KINDS, help="which baseline the checkpoint is")
-    parser.add_argument("checkpoint", help="the released file (or, for t2i_adapter, a diffusers folder)")
+    parser.add_argument("checkpoint", help="the released file (or, for t2i_adapter / controlnet, a diffusers folder)")
     parser.add_argument("out_dir", help="output folder")
     parser.add_argument("--config", default=None, help="YAML with the model settings (default: SD1.5 full size)")
     parser.add_argument("overrides", nargs="*", help="config overrides as key=value")

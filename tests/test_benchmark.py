@@ -69,3 +69,48 @@ def test_adapter_override_is_rejected():
     benchmark = load_benchmark()
     with pytest.raises(SystemExit):
         benchmark.parse_args(["--config", "configs/demo.yaml", "model.adapter=controlnet"])
+
+
+def test_adapters_takes_every_trainable_method_from_the_config_choices():
+    benchmark = load_benchmark()
+    every = benchmark.trainable_adapters()
+    assert set(every) >= {"grpose", "controlnet", "t2i_adapter", "uni_controlnet", "stable_pose"}
+    assert "none" not in every
+    assert benchmark.parse_args(["--config", "configs/demo.yaml", "--adapters", "all"]).adapters == list(every)
+    assert benchmark.parse_args(["--config", "configs/demo.yaml"]).adapters == ["grpose", "controlnet"]
+    picked = benchmark.parse_args(["--config", "configs/demo.yaml", "--adapters", "stable_pose, t2i_adapter"])
+    assert picked.adapters == ["stable_pose", "t2i_adapter"]
+    for bad in ("none", "humansd_typo", "grpose,grpose", ""):
+        with pytest.raises(SystemExit):
+            benchmark.parse_args(["--config", "configs/demo.yaml", "--adapters", bad])
+
+
+def test_smoke_run_of_the_other_baselines_reports_each_without_ratios(tmp_path):
+    benchmark = load_benchmark()
+    others = ["t2i_adapter", "uni_controlnet", "stable_pose"]
+    report = benchmark.main(
+        ["--config", str(ROOT / "configs" / "demo.yaml"), "--adapters", ",".join(others), "--warmup", "0",
+         "--steps", "1", "--repeats", "1", "--sample-steps", "1", "--batch-size", "1", "--sample-batch-size", "1",
+         "data.resolution=64"],
+        log=lambda line: None)
+    assert list(report.results) == others and report.ratios == {}  # the ratios compare grpose with controlnet
+    params = {}
+    for name, result in report.results.items():
+        assert result.step_s > 0 and result.sample_s_per_image > 0 and result.flops_per_step > 0
+        assert result.pgi_forward_share is None and result.knn_share is None  # no PGIs outside GRPose
+        params[name] = result.trainable_params
+    assert len(set(params.values())) == 3 and min(params, key=params.get) == "t2i_adapter"
+    header = next(line for line in report.markdown.splitlines() if line.startswith("| metric"))
+    assert header == "| metric | t2i_adapter | uni_controlnet | stable_pose |"
+    assert "PGI overhead" not in report.markdown
+
+
+def test_flop_count_covers_every_method_on_the_meta_device():
+    benchmark = load_benchmark()
+    report = benchmark.main(["--config", str(ROOT / "configs" / "demo.yaml"), "--adapters", "all",
+                             "--count-flops-only", "--full-size", "--batch-size", "2", "--resolution", "64"],
+                            log=lambda line: None)
+    rows = {line.split("|")[1].strip(): float(line.split("|")[2]) for line in report.markdown.splitlines()
+            if line.startswith("| ") and not line.startswith("| adapter")}
+    assert set(rows) == set(benchmark.trainable_adapters())
+    assert "FLOP ratio grpose / controlnet" in report.markdown

@@ -16,13 +16,14 @@ from ..sd15.configs import vae_downsampling
 from .pgi import GRAPH_NAMES, ProgressiveGraphIntegrator
 from .pose_encoder import PoseEncoder
 from .residuals import PoseAdapterMixin, UNetResiduals
+from .stable_pose import StablePoseAdapter
 from .t2i_adapter import T2IAdapterBaseline
 from .trunk import ConditionedTrunk, copy_matching_weights, encoder_config
 from .uni_controlnet import UniControlNetAdapter
 
 Residuals = tuple[list[torch.Tensor], torch.Tensor]
-__all__ = ["ControlNetBaseline", "GraphPoseAdapter", "T2IAdapterBaseline", "UNetResiduals", "UniControlNetAdapter",
-           "build_adapter", "copy_matching_weights", "count_parameters", "encoder_config"]
+__all__ = ["ControlNetBaseline", "GraphPoseAdapter", "StablePoseAdapter", "T2IAdapterBaseline", "UNetResiduals",
+           "UniControlNetAdapter", "build_adapter", "copy_matching_weights", "count_parameters", "encoder_config"]
 
 
 class GraphPoseAdapter(PoseAdapterMixin, ConditionedTrunk, ModelMixin, ConfigMixin):
@@ -96,6 +97,10 @@ def build_adapter(model_cfg: Any, unet: UNet2DConditionModel, load_weights_from_
         return UniControlNetAdapter.from_unet(
             unet, load_weights_from_unet=load_weights_from_unet, stem_channels=list(model_cfg.pose_stem_channels),
             level_channels=list(model_cfg.pose_level_channels))
+    if model_cfg.adapter == "stable_pose":  # one feature extractor stage: level 0's width
+        return StablePoseAdapter.from_unet(
+            unet, load_weights_from_unet=load_weights_from_unet, stem_channels=list(model_cfg.pose_stem_channels),
+            pose_channels=model_cfg.pose_level_channels[0])
     return GraphPoseAdapter.from_unet(
         unet, load_weights_from_unet=load_weights_from_unet,
         pgi_levels=list(model_cfg.pgi_levels), graphs=list(model_cfg.graphs), graph_type=model_cfg.graph_type,

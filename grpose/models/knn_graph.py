@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import math
 
 import torch
@@ -28,7 +30,10 @@ def knn_graph(nodes: torch.Tensor, k: int, chunk_mb: float = 256.0) -> torch.Ten
     rows = max(1, min(num_nodes, int(chunk_mb * 2**20 // bytes_per_row)))
     chunks = []
     # float32 search, also under autocast: bf16/fp16 similarities change the neighbour sets of many nodes.
-    with torch.profiler.record_function(KNN_PROFILER_RANGE), torch.autocast(nodes.device.type, enabled=False):
+    # (torch.autocast rejects the meta device, where benchmark.py --count-flops-only runs; it has no autocast anyway)
+    no_autocast = (contextlib.nullcontext() if nodes.device.type == "meta"
+                   else torch.autocast(nodes.device.type, enabled=False))
+    with torch.profiler.record_function(KNN_PROFILER_RANGE), no_autocast:
         unit = torch.nn.functional.normalize(nodes.float(), dim=1)
         keys = unit.transpose(1, 2)  # B x N x C
         for start in range(0, num_nodes, rows):

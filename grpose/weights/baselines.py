@@ -5,6 +5,12 @@
   (`adapter.body.i.resnets.j.*`). A diffusers-format folder needs no conversion: `load_adapter` reads it.
 - Uni-ControlNet `uni.ckpt`: the integrated model; only `local_adapter.*` is kept, its 21-channel condition input
   reduced to the openpose channels (exactly what feeding zeros to the other six conditions computes).
+- ControlNet openpose: `control_sd15_openpose.pth` (1.0: the whole ControlLDM; only `control_model.*` is kept) and
+  `control_v11p_sd15_openpose.pth` (1.1: `control_model.*` only), mapped by diffusers' single-file ControlNet
+  conversion; a diffusers-layout state dict loads as it is. A diffusers folder needs no conversion: `load_adapter`
+  reads it.
+- Stable-Pose's Human-Art / LAION-Human checkpoints (`final.pth`, a bare state dict, or Lightning's `last.ckpt`):
+  only `stable_pose_adapter.*` is kept.
 
 Every converter maps each key by a rule, reports what it dropped, fails with a one-line WeightsError naming any key
 that has no place, and loads strictly (every tensor of ours filled, same shapes).
@@ -27,7 +33,7 @@ from ..sd15 import sd15_config
 from .loader import adapter_with_weights
 from .release import split_state_dict
 
-BASELINE_KINDS = ("t2i_adapter", "uni_controlnet")
+BASELINE_KINDS = ("t2i_adapter", "uni_controlnet", "stable_pose", "controlnet")
 
 # ------------------------------------------------------------------------------------------------ T2I-Adapter
 # The original Adapter keeps its 4 levels x num_res_blocks ResnetBlocks in one flat list `body`; diffusers' FullAdapter
@@ -122,8 +128,14 @@ def split_uni_controlnet_state_dict(state: dict[str, torch.Tensor]
     return split_state_dict(state, UNI_ADAPTER_PREFIX, UNI_DROPPED_PREFIXES)
 
 
-def map_uni_controlnet_keys(keys: list[str], unet_config: dict) -> tuple[dict[str, str], list[str]]:
-    """Local adapter keys (without `local_adapter.`) -> ({our key: their key}, unmapped keys)."""
+def map_conditioned_trunk_keys(keys: list[str], unet_config: dict) -> tuple[dict[str, str], list[str]]:
+    """Keys of a ControlNet-style adapter in LDM names with a Uni-ControlNet-style `feature_extractor` (Uni-ControlNet's
+    local adapter, Stable-Pose's adapter; prefix removed) -> ({our key: their key}, unmapped keys).
+
+    The feature extractor goes by UNI_KEY_TABLE; the trunk by diffusers' LDM ControlNet conversion, which renames a
+    ResBlock's LDM parts (in_layers.2 -> conv1, ...) and keeps any other sub-module name (FDN's norm_in, Stable-Pose's
+    attn_layer / cond_conv), as ours are named.
+    """
     mapping: dict[str, str] = {}
     trunk = []
     for key in keys:
@@ -139,6 +151,11 @@ def map_uni_controlnet_keys(keys: list[str], unet_config: dict) -> tuple[dict[st
     mapping.update({ours: theirs for ours, theirs in placed.items() if theirs is not None})
     used = set(mapping.values())
     return mapping, sorted(k for k in keys if k not in used)
+
+
+def map_uni_controlnet_keys(keys: list[str], unet_config: dict) -> tuple[dict[str, str], list[str]]:
+    """Local adapter keys (without `local_adapter.`) -> ({our key: their key}, unmapped keys)."""
+    return map_conditioned_trunk_keys(keys, unet_config)
 
 
 def prepare_uni_controlnet_state_dict(state: dict[str, torch.Tensor], model_cfg: DictConfig,
@@ -182,8 +199,115 @@ def convert_uni_controlnet_state_dict(state: dict[str, torch.Tensor], model_cfg:
     return convert_baseline_state_dict("uni_controlnet", state, model_cfg, source)
 
 
+# ------------------------------------------------------------------------------------------------ Stable-Pose
+SP_ADAPTER_PREFIX = "stable_pose_adapter."
+# The rest of Stable-Pose's checkpoints (`final.pth` = the whole model's state dict, or Lightning's `last.ckpt`): the
+# frozen SD1.5 parts and the LDM noise-schedule buffers, which grpose loads from SD1.5's own file or recomputes.
+SP_DROPPED_PREFIXES = (
+    "model.diffusion_model.",
+    "model_ema.",
+    "first_stage_model.",
+    "cond_stage_model.",
+)
+
+
+def prepare_stable_pose_state_dict(state: dict[str, torch.Tensor], model_cfg: DictConfig, source: str = "checkpoint"
+                                   ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """-> (our state dict, report) without building the adapter; raises WeightsError on unmapped keys.
+
+    Stable-Pose's adapter has the same trunk and feature extractor names as Uni-ControlNet's local adapter; its
+    AttnResBlock at `input_blocks.1.0` keeps `attn_layer.*` (the PMSA-ViT, whose sub-module names ours follow) and
+    `cond_conv.*`, and renames in_layers.2 / emb_layers.1 / out_layers.3 like any ResBlock.
+    """
+    _require_kind(model_cfg, "stable_pose")
+    adapter, dropped, unknown = split_state_dict(state, SP_ADAPTER_PREFIX, SP_DROPPED_PREFIXES)
+    if not adapter:
+        raise WeightsError(f"{source} has no '{SP_ADAPTER_PREFIX}*' keys: not a Stable-Pose checkpoint")
+    mapping, unmapped = map_conditioned_trunk_keys(list(adapter), sd15_config(model_cfg.base, "unet"))
+    problems = []
+    if unknown:
+        problems.append(f"{len(unknown)} keys outside '{SP_ADAPTER_PREFIX}' that are no known part: "
+                        f"{few(sorted(unknown))}")
+    if unmapped:
+        problems.append(f"{len(unmapped)} adapter keys with no place in our layout: "
+                        f"{few([SP_ADAPTER_PREFIX + k for k in unmapped])}")
+    if problems:
+        raise WeightsError(f"Cannot convert {source}: " + "; ".join(problems) + ". The mapping is "
+                           "grpose.weights.baselines.UNI_KEY_TABLE plus diffusers' ControlNet conversion for the trunk")
+    converted = {ours: adapter[theirs] for ours, theirs in mapping.items()}
+    names = {ours: SP_ADAPTER_PREFIX + theirs for ours, theirs in mapping.items()}
+    return converted, {"mapped": names, "dropped": dropped, "unmapped": []}
+
+
+# ---------------------------------------------------------------------------------------------------- ControlNet
+CONTROLNET_PREFIX = "control_model."
+# ControlNet 1.0's `control_sd15_*.pth` are the whole ControlLDM: the control model plus SD1.5 and the LDM schedule
+# buffers (dropped: grpose loads SD1.5 from its own file). ControlNet 1.1's `control_v11p_sd15_*.pth` hold only
+# `control_model.*`; some third-party files hold the control model with no prefix at all.
+CONTROLNET_DROPPED_PREFIXES = (
+    "model.diffusion_model.",
+    "model_ema.",
+    "first_stage_model.",
+    "cond_stage_model.",
+)
+
+
+def _controlnet_layout(keys: list[str]) -> str:
+    if any(k.startswith(CONTROLNET_PREFIX) for k in keys):
+        return "ldm"
+    if "time_embed.0.weight" in keys:
+        return "ldm (no prefix)"
+    if "time_embedding.linear_1.weight" in keys:
+        return "diffusers"
+    return "unknown"
+
+
+def prepare_controlnet_state_dict(state: dict[str, torch.Tensor], model_cfg: DictConfig, source: str = "checkpoint"
+                                  ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A released ControlNet (LDM layout `control_model.*` / bare, or a diffusers-layout state dict) -> (our state
+    dict, report) for ControlNetBaseline (= diffusers' ControlNetModel); raises WeightsError on unmapped keys.
+
+    The LDM names are placed by diffusers' own single-file ControlNet conversion
+    (`diffusers.loaders.single_file_utils.convert_controlnet_checkpoint`, which `ControlNetModel.from_single_file`
+    runs), applied to the key names so every key's destination, and every key left over, is known.
+    """
+    _require_kind(model_cfg, "controlnet")
+    layout = _controlnet_layout(list(state))
+    if layout == "unknown":
+        raise WeightsError(f"{source} has neither '{CONTROLNET_PREFIX}*' keys nor a ControlNet's time embedding "
+                           "(time_embed.0.weight / time_embedding.linear_1.weight): not a ControlNet checkpoint")
+    dropped: list[str] = []
+    unknown: list[str] = []
+    prefix = CONTROLNET_PREFIX if layout == "ldm" else ""
+    if layout == "ldm":
+        control, dropped, unknown = split_state_dict(state, CONTROLNET_PREFIX, CONTROLNET_DROPPED_PREFIXES)
+    else:
+        control = dict(state)
+    if layout == "diffusers":
+        mapping = {k: k for k in control}  # already our names; the strict load checks them
+    else:
+        placed = convert_controlnet_checkpoint({k: k for k in control}, sd15_config(model_cfg.base, "unet"))
+        mapping = {ours: theirs for ours, theirs in placed.items() if theirs is not None}
+    used = set(mapping.values())
+    unmapped = sorted(k for k in control if k not in used)
+    problems = []
+    if unknown:
+        problems.append(f"{len(unknown)} keys outside '{CONTROLNET_PREFIX}' that are no known part: "
+                        f"{few(sorted(unknown))}")
+    if unmapped:
+        problems.append(f"{len(unmapped)} control model keys with no place in diffusers' ControlNetModel: "
+                        f"{few([prefix + k for k in unmapped])}")
+    if problems:
+        raise WeightsError(f"Cannot convert {source}: " + "; ".join(problems) + ". The mapping is diffusers' "
+                           "single-file ControlNet conversion (convert_controlnet_checkpoint)")
+    converted = {ours: control[theirs] for ours, theirs in mapping.items()}
+    names = {ours: prefix + theirs for ours, theirs in mapping.items()}
+    return converted, {"mapped": names, "dropped": dropped, "unmapped": [], "layout": layout}
+
+
 # ------------------------------------------------------------------------------------------------------ common
-PREPARERS = {"t2i_adapter": prepare_t2i_adapter_state_dict, "uni_controlnet": prepare_uni_controlnet_state_dict}
+PREPARERS = {"t2i_adapter": prepare_t2i_adapter_state_dict, "uni_controlnet": prepare_uni_controlnet_state_dict,
+             "stable_pose": prepare_stable_pose_state_dict, "controlnet": prepare_controlnet_state_dict}
 
 
 def _require_kind(model_cfg: DictConfig, kind: str) -> None:
@@ -225,6 +349,6 @@ def describe(kind: str, report: dict[str, Any]) -> Optional[str]:
         start, stop = UNI_OPENPOSE_CHANNELS
         return (f"condition input: kept channels {start}..{stop - 1} (openpose) of {report['condition_channels']}; "
                 "the other conditions' channels are zero in pose-only use, so the function is unchanged")
-    if kind == "t2i_adapter":
+    if kind in ("t2i_adapter", "controlnet"):
         return f"key layout: {report['layout']}"
     return None
