@@ -14,9 +14,10 @@ BASE = Path(__file__).resolve().parents[1] / "assets" / "mini" / "base"
 # The numbers docs/mini_world.md reports for the shipped base.
 PARAMS = {"unet": 3_277_988, "vae": 978_103, "text_encoder": 3_317_120}
 MAX_SHIPPED_BYTES = 30 * 2**20
-# Mean absolute error in [-1, 1] units of encode -> decode on evaluation-split images; the shipped VAE measures
-# about 0.09 (docs/mini_world.md), so this only trips when the weights change.
-MAX_RECON_L1 = 0.12
+# Mean absolute error in [-1, 1] units of encode -> decode on the first two evaluation-split images (unclamped):
+# the shipped VAE measures 0.081 after its decoder fine-tune, 0.105 before it (docs/mini_world.md), so this trips
+# if the weights regress.
+MAX_RECON_L1 = 0.095
 
 
 @pytest.fixture(autouse=True)
