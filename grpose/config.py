@@ -80,11 +80,23 @@ class PosePerceptionConfig:
 
 
 @dataclass
+class HumanSDHeatmapConfig:
+    """HumanSD's heatmap-guided denoising loss (grpose/losses/humansd_heatmap.py, docs/baselines.md)."""
+
+    variant: str = "none"  # none | code (HumanSD's released code) | paper (HumanSD paper eq. 6)
+    weight: float = 0.1  # the weight enters as (1 + weight * W); HumanSD's pose_loss_weight
+    threshold: float = 0.05  # code: a joint is "off" where its heatmap <= threshold (HumanSD's estimate_thresh)
+    network_config: str = "associative_embedding/coco/higherhrnet_w48_coco_512x512_udp.py"
+    network_checkpoint: Optional[str] = "models/higherhrnet_w48_humanart_512x512_udp.pth"
+
+
+@dataclass
 class LossConfig:
     pose_mask_weight: float = 1.0  # weight of skeleton-covered latent cells (5.0 in the release; 1.0 = off)
     pose_mask_kernel: int = 13
     pose_mask_sigma: float = 3.0
     pose_perception: PosePerceptionConfig = field(default_factory=PosePerceptionConfig)
+    humansd_heatmap: HumanSDHeatmapConfig = field(default_factory=HumanSDHeatmapConfig)
 
 
 @dataclass
@@ -197,11 +209,12 @@ class ExperimentConfig:
 _CHOICES = {
     "data.dataset": ("synthetic", "humanart", "laion_human"),
     "model.base": ARCHS,
-    "model.adapter": ("grpose", "controlnet", "t2i_adapter", "uni_controlnet", "none"),
+    "model.adapter": ("grpose", "controlnet", "t2i_adapter", "uni_controlnet", "humansd", "none"),
     "model.graph_type": ("edgeconv", "gcn"),
     "trainer.precision": TRAINER_PRECISIONS,
     "trainer.logger": ("tensorboard", "csv"),
     "model.frozen_dtype": FROZEN_DTYPES,
+    "loss.humansd_heatmap.variant": ("none", "code", "paper"),
 }
 _GRAPH_NAMES = ("latent", "pose", "fuse")
 
@@ -293,6 +306,12 @@ def validate(cfg: DictConfig) -> None:
     validate_eval_config(cfg.eval)
     if cfg.loss.pose_perception.alpha < 0:
         raise ConfigError("loss.pose_perception.alpha must be >= 0")
+    heatmap = cfg.loss.humansd_heatmap
+    if heatmap.variant != "none" and cfg.loss.pose_mask_weight != 1.0:
+        raise ConfigError("loss.humansd_heatmap and loss.pose_mask_weight both reweight the diffusion loss; set "
+                          "loss.pose_mask_weight=1.0 or loss.humansd_heatmap.variant=none")
+    if heatmap.weight < 0:
+        raise ConfigError("loss.humansd_heatmap.weight must be >= 0")
 
 
 def save_config(cfg: DictConfig, path: str | os.PathLike) -> None:
