@@ -13,7 +13,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from ..errors import MissingFileError
 from ..precision import cast_module
 from .configs import (WEIGHTS_HINT, sd15_config, text_encoder_factory, tokenizer_settings, unet_factory,
-                      vae_factory)
+                      vae_factory, weights_hint)
 from .diffusers_folder import load_diffusers_unet, parts_from_diffusers_folder
 from .single_file import parts_from_single_file, read_state_dict, unet_from_checkpoint
 from .tokenizer import make_tokenizer
@@ -37,10 +37,11 @@ def _freeze(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
-def _existing_path(weights: str) -> Path:
+def _existing_path(weights: str, arch: str = "sd15") -> Path:
     path = Path(weights).expanduser()
     if not path.exists():
-        raise MissingFileError(f"SD1.5 weights not found at {path}: {WEIGHTS_HINT}.")
+        family = "SD2.1-base" if weights_hint(arch) != WEIGHTS_HINT else "SD1.5"
+        raise MissingFileError(f"{family} weights not found at {path}: {weights_hint(arch)}.")
     return path
 
 
@@ -66,7 +67,7 @@ def build_sd15(arch: str = "sd15", weights: str | None = None, torch_dtype=torch
             vae = vae_factory(arch)()
             text_encoder = text_encoder_factory(arch)()
     else:
-        path = _existing_path(weights)
+        path = _existing_path(weights, arch)
         if path.is_dir():
             unet, vae, text_encoder = parts_from_diffusers_folder(path, arch)
             if (path / "tokenizer").is_dir():
@@ -90,7 +91,7 @@ def load_unet(weights: str, arch: str = "sd15") -> UNet2DConditionModel:
     (diffusion_pytorch_model.safetensors), a diffusers UNet folder, or a diffusers pipeline folder with unet/.
     Returned in float32 whatever the file stores; cast it with `.to()` next to the other parts.
     """
-    path = _existing_path(weights)
+    path = _existing_path(weights, arch)
     if path.is_dir():
         if (path / "unet" / "config.json").is_file():
             path = path / "unet"

