@@ -15,7 +15,7 @@ from .losses.diffusion import diffusion_loss, pose_region_mask
 from .models.adapter import build_adapter
 from .pipeline import GRPosePipeline, sampling_options
 from .precision import torch_dtype
-from .sd15 import StableDiffusionParts, build_sd15, encode_prompts, make_scheduler
+from .sd15 import StableDiffusionParts, build_sd15, encode_prompts, load_unet, make_scheduler
 from .weights.loader import ADAPTER_PREFIX, load_adapter
 
 
@@ -51,7 +51,7 @@ class GRPoseLitModule(pl.LightningModule):
         self.unet, self.vae, self.text_encoder = parts.unet, parts.vae, parts.text_encoder
         for frozen in (self.unet, self.vae, self.text_encoder):
             frozen.requires_grad_(False).eval()
-        self.adapter = build_adapter(model, self.unet)
+        self.adapter = build_adapter(model, self._init_unet(model))
         self.adapter.bind_base(parts)
         if model.adapter_weights:
             self.load_adapter_weights(model.adapter_weights)
@@ -83,6 +83,15 @@ class GRPoseLitModule(pl.LightningModule):
         from .losses.humansd_heatmap import build_heatmap_guided_loss
 
         self.heatmap_loss = build_heatmap_guided_loss(loss.humansd_heatmap)
+
+    def _init_unet(self, model: DictConfig):
+        """The UNet the adapter copies its initial weights from: the frozen one, or, when that is stored in a half
+        dtype (`model.frozen_dtype`) and the weights come from a file, a float32 read of the same file. The
+        trainable copy then starts from the stored weights, not from their bf16/fp16 rounding; this matters most
+        for HumanSD, whose trainable copy is the whole UNet. Skipped when `model.adapter_weights` replaces the init."""
+        if self.unet.dtype == torch.float32 or not model.pretrained or model.adapter_weights:
+            return self.unet
+        return load_unet(model.pretrained, model.base)
 
     @classmethod
     def from_config(cls, cfg: DictConfig, parts: Optional[StableDiffusionParts] = None) -> "GRPoseLitModule":

@@ -131,6 +131,7 @@ def test_pose_latent_is_the_vae_posterior_sample_times_the_scale(sd2_parts):
 
 
 @pytest.mark.parametrize("variant", ["code", "paper"])
+@pytest.mark.mmpose
 @requires_mmpose
 def test_gradients_reach_exactly_the_whole_unet(variant, synthetic_batch):
     # 128 px: the tiny UNet's middle block sees 2x2 cells (one token would give its attention zero gradients)
@@ -150,6 +151,21 @@ def test_gradients_reach_exactly_the_whole_unet(variant, synthetic_batch):
     optimizer = module.configure_optimizers()
     assert len(optimizer.param_groups[0]["params"]) == len(list(module.adapter.parameters()))
     assert sorted(module.state_dict()) == sorted(f"adapter.{k}" for k in module.adapter.state_dict())
+
+
+@pytest.mark.mmpose
+@requires_mmpose
+def test_a_seeded_loss_is_reproducible_and_the_pose_latent_uses_the_generator(synthetic_batch):
+    """Validation losses are seeded: the pose latent's posterior noise and the `code` weight's come from the same
+    generator as the rest of the step."""
+    module = GRPoseLitModule.from_config(_cfg("loss.humansd_heatmap.variant=code", *MINI_HRNET))
+    batch = synthetic_batch(2)
+    with torch.no_grad():
+        first = module.compute_loss(batch, torch.Generator().manual_seed(3))["loss"]
+        torch.manual_seed(99)  # the global RNG plays no part
+        second = module.compute_loss(batch, torch.Generator().manual_seed(3))["loss"]
+        other = module.compute_loss(batch, torch.Generator().manual_seed(4))["loss"]
+    assert torch.equal(first, second) and not torch.equal(first, other)
 
 
 def test_full_size_trainable_parameter_counts():
@@ -252,6 +268,7 @@ def test_the_variants_differ_as_documented():
     assert float((err ** 2 * (1 + 0.1 * 2)).mean()) == pytest.approx(0.25 * 1.2)
 
 
+@pytest.mark.mmpose
 @requires_mmpose
 def test_heatmap_variants_on_the_real_pose_network_give_different_losses(sd2_parts):
     from grpose.eval.pose_estimator import PoseHeatmaps
@@ -295,6 +312,7 @@ def test_presets_are_the_published_recipe():
 
 
 @pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.mmpose
 @requires_mmpose
 def test_one_training_step_per_preset(preset, synthetic_batch, monkeypatch):
     monkeypatch.chdir(ROOT)
@@ -312,6 +330,7 @@ def test_one_training_step_per_preset(preset, synthetic_batch, monkeypatch):
     assert "conv_in.weight" in changed and len(changed) > len(before) // 2
 
 
+@pytest.mark.mmpose
 @requires_mmpose
 def test_train_resume_export_sample_and_evaluate(tmp_path, monkeypatch):
     """The SD2.1 preset through train.py (2 steps), --resume to 3 steps, the exported UNet through the one loader,
@@ -456,6 +475,17 @@ def test_sd21_base_loads_offline_from_a_single_file(sd2_parts, tmp_path):
         sd1["cond_stage_model.transformer.text_model.x"] = torch.zeros(1)
         save_file(sd1, str(tmp_path / "sd1.safetensors"))
         build_sd15("tiny_sd2", str(tmp_path / "sd1.safetensors"))
+
+
+def test_the_trainable_unet_starts_from_the_stored_weights_with_a_half_precision_base(sd2_parts, tmp_path):
+    path = tmp_path / "v2-1_512-ema-pruned.safetensors"
+    save_file(_sd2_checkpoint(sd2_parts), str(path))
+    module = GRPoseLitModule.from_config(_cfg(f"model.pretrained={path}", "model.frozen_dtype=bf16",
+                                              "trainer.precision=bf16-mixed"))
+    assert module.unet.dtype == torch.bfloat16 and module.adapter.dtype == torch.float32
+    stored = sd2_parts.unet.state_dict()
+    for key, value in module.adapter.state_dict().items():  # float32 values, not their bf16 rounding
+        assert torch.equal(value[:, :4] if key == "conv_in.weight" else value, stored[key]), key
 
 
 def test_sd21_base_loads_offline_from_a_diffusers_folder(sd2_parts, tmp_path):
