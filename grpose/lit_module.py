@@ -133,11 +133,13 @@ class GRPoseLitModule(pl.LightningModule):
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
 
-    def compute_loss(self, batch: dict[str, Any], generator: Optional[torch.Generator] = None) -> dict[str, torch.Tensor]:
+    def compute_loss(self, batch: dict[str, Any], generator: Optional[torch.Generator] = None
+                     ) -> dict[str, torch.Tensor]:
         images = batch["image"].to(self.device)
         hint = batch["hint"].to(self.device)
         with torch.no_grad():
-            latents = self.vae.encode(images.to(self.vae.dtype)).latent_dist.sample(generator) * self.sd.vae_scale_factor
+            posterior = self.vae.encode(images.to(self.vae.dtype)).latent_dist
+            latents = posterior.sample(generator) * self.sd.vae_scale_factor
             text = encode_prompts(self.sd, list(batch["prompt"]))
         noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
         timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
