@@ -1,4 +1,5 @@
-"""Sampling with a frozen SD1.5 (or SD2.1-base) + a pose adapter: DDIM (or any diffusers scheduler) with classifier-free guidance.
+"""Sampling with a frozen SD1.5 (or SD2.1-base) + a pose adapter: DDIM (or any diffusers scheduler) with
+classifier-free guidance.
 
 Usable without Lightning. Each image has its own seed, so results do not depend on batch size or device count.
 """

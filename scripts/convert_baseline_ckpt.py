@@ -4,9 +4,10 @@
 KIND is `t2i_adapter` (t2iadapter_keypose_sd14v1.pth / t2iadapter_openpose_sd14v1.pth, original or diffusers key
 layout; a diffusers-format folder such as TencentARC/t2iadapter_keypose_sd14v1 is also accepted and re-saved as
 safetensors), `uni_controlnet` (uni.ckpt: its local adapter, reduced to the openpose condition) or `humansd`
-(humansd-v1.ckpt: its 8-channel UNet, the trained part; the default base is then SD2.1-base, `model.base=sd21base`). Every tensor must
-find its place and every tensor of ours must be filled, or nothing is written. OUT_DIR is a diffusers folder for
-`grpose.weights.load_adapter` (eval_pose.py --ckpt, pose2img.py). The default config is SD1.5 at full size.
+(humansd-v1.ckpt: its 8-channel UNet, the trained part). Every tensor must find its place and every tensor of ours
+must be filled, or nothing is written. OUT_DIR is a diffusers folder for `grpose.weights.load_adapter`
+(eval_pose.py --ckpt, pose2img.py). The default config is SD1.5 at full size (SD2.1-base, `model.base=sd21base`,
+for `humansd`).
 """
 
 from __future__ import annotations
