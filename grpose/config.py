@@ -40,10 +40,11 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    base: str = "sd15"  # architecture of the frozen base: sd15 | tiny | mini (shipped configs)
+    # architecture of the frozen base: sd15 | sd21base (HumanSD) | tiny | tiny_sd2 | mini (grpose/sd15_configs/)
+    base: str = "sd15"
     pretrained: Optional[str] = "models/v1-5-pruned.safetensors"  # diffusers folder or single file; null = random
-    # grpose | controlnet | t2i_adapter | uni_controlnet (paper Table 1 baselines, docs/baselines.md) | none (the
-    # frozen base alone: sampling and evaluation only)
+    # grpose | controlnet | t2i_adapter | uni_controlnet | humansd (paper Table 1 baselines, docs/baselines.md) |
+    # none (the frozen base alone: sampling and evaluation only)
     adapter: str = "grpose"
     adapter_weights: Optional[str] = None  # initial adapter weights from prepare_weights.py (safetensors)
     pgi_levels: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
