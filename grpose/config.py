@@ -279,6 +279,9 @@ def _preset_chain(path: Path) -> list[Path]:
 
 
 def validate(cfg: DictConfig) -> None:
+    if cfg.loss.humansd_heatmap.variant in ("False", "True"):  # YAML 1.1 reads off / no / on / yes as booleans
+        raise ConfigError(f"loss.humansd_heatmap.variant={cfg.loss.humansd_heatmap.variant!r} is not one of none, "
+                          "code, paper (YAML reads off/no/on/yes as booleans: write none to turn the loss off)")
     for key, choices in _CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value not in choices:

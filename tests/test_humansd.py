@@ -626,3 +626,29 @@ def test_full_size_humansd_release_layout_maps_completely():
     check_state_dict(model.state_dict(), converted, "humansd-v1.ckpt")  # keys and shapes
     assert sum(v.numel() for v in converted.values()) == 865_922_244
     assert report["base"]["unused"] == 12 + 2  # resblock 23 and the contrastive heads
+
+
+# ---- user errors -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["loss.humansd_heatmap.variant=off"], r"variant='False' is not one of none, code, paper .*write none"),
+    (["loss.humansd_heatmap.variant=both"], r"loss\.humansd_heatmap\.variant='both' is not one of none, code, paper"),
+    (["loss.humansd_heatmap.variant=code", "loss.pose_mask_weight=5.0"], r"both reweight the diffusion loss"),
+    (["loss.humansd_heatmap.weight=-1"], r"loss\.humansd_heatmap\.weight must be >= 0"),
+], ids=["off", "variant", "with-pose-mask", "weight"])
+def test_bad_heatmap_loss_settings_are_one_line_config_errors(overrides, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        _cfg(*overrides)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.mmpose
+@requires_mmpose
+def test_a_missing_heatmap_network_says_where_to_get_it(tmp_path):
+    from grpose.errors import MissingFileError
+
+    with pytest.raises(MissingFileError, match="higherhrnet_w48_humanart_512x512_udp.pth.*HumanSD") as err:
+        GRPoseLitModule.from_config(_cfg("loss.humansd_heatmap.variant=code",
+                                         f"loss.humansd_heatmap.network_checkpoint={tmp_path / 'hrnet.pth'}"))
+    assert "\n" not in str(err.value)
