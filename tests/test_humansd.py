@@ -365,7 +365,7 @@ def test_train_resume_export_sample_and_evaluate(tmp_path, monkeypatch):
     assert images.shape == (1, 3, 64, 64) and torch.isfinite(images).all()
     # one image's result depends on its seed only, not on the batch it is sampled in
     both = pipe(["a person", "a dancer"], pose, [5, 6], num_inference_steps=2, progress=False)
-    torch.testing.assert_close(both[:1], images, rtol=0, atol=1e-5)
+    torch.testing.assert_close(both[:1], images, rtol=0, atol=1e-4)  # another seed would differ by O(1)
 
     out = tmp_path / "outputs"
     status = run(load_entry_point("eval_pose.py").main,
