@@ -40,10 +40,11 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    base: str = "sd15"  # architecture of the frozen base: sd15 | tiny | mini (shipped configs)
+    # architecture of the frozen base: sd15 | sd21base (HumanSD) | tiny | tiny_sd2 | mini (grpose/sd15_configs/)
+    base: str = "sd15"
     pretrained: Optional[str] = "models/v1-5-pruned.safetensors"  # diffusers folder or single file; null = random
-    # grpose | controlnet | t2i_adapter | uni_controlnet | stable_pose (paper Table 1 baselines, docs/baselines.md)
-    # | none (the frozen base alone: sampling and evaluation only)
+    # grpose | controlnet | t2i_adapter | uni_controlnet | stable_pose | humansd (paper Table 1 baselines,
+    # docs/baselines.md) | none (the frozen base alone: sampling and evaluation only)
     adapter: str = "grpose"
     adapter_weights: Optional[str] = None  # initial adapter weights from prepare_weights.py (safetensors)
     pgi_levels: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
@@ -81,11 +82,23 @@ class PosePerceptionConfig:
 
 
 @dataclass
+class HumanSDHeatmapConfig:
+    """HumanSD's heatmap-guided denoising loss (grpose/losses/humansd_heatmap.py, docs/baselines.md)."""
+
+    variant: str = "none"  # none | code (HumanSD's released code) | paper (HumanSD paper eq. 6)
+    weight: float = 0.1  # the weight enters as (1 + weight * W); HumanSD's pose_loss_weight
+    threshold: float = 0.05  # code: a joint is "off" where its heatmap <= threshold (HumanSD's estimate_thresh)
+    network_config: str = "associative_embedding/coco/higherhrnet_w48_coco_512x512_udp.py"
+    network_checkpoint: Optional[str] = "models/higherhrnet_w48_humanart_512x512_udp.pth"
+
+
+@dataclass
 class LossConfig:
     pose_mask_weight: float = 1.0  # weight of skeleton-covered latent cells (5.0 in the release; 1.0 = off)
     pose_mask_kernel: int = 13
     pose_mask_sigma: float = 3.0
     pose_perception: PosePerceptionConfig = field(default_factory=PosePerceptionConfig)
+    humansd_heatmap: HumanSDHeatmapConfig = field(default_factory=HumanSDHeatmapConfig)
 
 
 @dataclass
@@ -198,11 +211,12 @@ class ExperimentConfig:
 _CHOICES = {
     "data.dataset": ("synthetic", "humanart", "laion_human"),
     "model.base": ARCHS,
-    "model.adapter": ("grpose", "controlnet", "t2i_adapter", "uni_controlnet", "stable_pose", "none"),
+    "model.adapter": ("grpose", "controlnet", "t2i_adapter", "uni_controlnet", "stable_pose", "humansd", "none"),
     "model.graph_type": ("edgeconv", "gcn"),
     "trainer.precision": TRAINER_PRECISIONS,
     "trainer.logger": ("tensorboard", "csv"),
     "model.frozen_dtype": FROZEN_DTYPES,
+    "loss.humansd_heatmap.variant": ("none", "code", "paper"),
 }
 _GRAPH_NAMES = ("latent", "pose", "fuse")
 
@@ -272,6 +286,9 @@ def _preset_chain(path: Path) -> list[Path]:
 
 
 def validate(cfg: DictConfig) -> None:
+    if cfg.loss.humansd_heatmap.variant in ("False", "True"):  # YAML 1.1 reads off / no / on / yes as booleans
+        raise ConfigError(f"loss.humansd_heatmap.variant={cfg.loss.humansd_heatmap.variant!r} is not one of none, "
+                          "code, paper (YAML reads off/no/on/yes as booleans: write none to turn the loss off)")
     for key, choices in _CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value not in choices:
@@ -300,6 +317,12 @@ def validate(cfg: DictConfig) -> None:
     validate_eval_config(cfg.eval)
     if cfg.loss.pose_perception.alpha < 0:
         raise ConfigError("loss.pose_perception.alpha must be >= 0")
+    heatmap = cfg.loss.humansd_heatmap
+    if heatmap.variant != "none" and cfg.loss.pose_mask_weight != 1.0:
+        raise ConfigError("loss.humansd_heatmap and loss.pose_mask_weight both reweight the diffusion loss; set "
+                          "loss.pose_mask_weight=1.0 or loss.humansd_heatmap.variant=none")
+    if heatmap.weight < 0:
+        raise ConfigError("loss.humansd_heatmap.weight must be >= 0")
 
 
 def save_config(cfg: DictConfig, path: str | os.PathLike) -> None:

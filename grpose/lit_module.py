@@ -1,4 +1,5 @@
-"""LightningModule that trains a pose adapter on a frozen SD1.5: diffusion loss (+ optional pose perception loss)."""
+"""LightningModule that trains a pose adapter on a frozen SD1.5 (or SD2.1-base): diffusion loss (+ optional pose
+perception loss, or HumanSD's heatmap-guided weighting)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from .losses.diffusion import diffusion_loss, pose_region_mask
 from .models.adapter import build_adapter
 from .pipeline import GRPosePipeline, sampling_options
 from .precision import torch_dtype
-from .sd15 import StableDiffusionParts, build_sd15, encode_prompts, make_scheduler
+from .sd15 import StableDiffusionParts, build_sd15, encode_prompts, load_unet, make_scheduler
 from .weights.loader import ADAPTER_PREFIX, load_adapter
 
 
@@ -23,6 +24,9 @@ class GRPoseLitModule(pl.LightningModule):
 
     Only `self.adapter` has trainable parameters and only its tensors are in `state_dict()`, so Lightning
     checkpoints hold the adapter plus optimizer/loop state, never the frozen SD1.5 or pose-network weights.
+    The adapter gets the frozen parts once (`adapter.bind_base`) and gives the noise prediction
+    (`adapter.predict_noise`): for HumanSD the "adapter" is the whole trainable 8-channel UNet, and the frozen base
+    UNet stays loaded but unused.
     """
 
     def __init__(self, model: DictConfig, loss: DictConfig, optim: DictConfig, sampling: DictConfig,
@@ -47,7 +51,8 @@ class GRPoseLitModule(pl.LightningModule):
         self.unet, self.vae, self.text_encoder = parts.unet, parts.vae, parts.text_encoder
         for frozen in (self.unet, self.vae, self.text_encoder):
             frozen.requires_grad_(False).eval()
-        self.adapter = build_adapter(model, self.unet)
+        self.adapter = build_adapter(model, self._init_unet(model))
+        self.adapter.bind_base(parts)
         if model.adapter_weights:
             self.load_adapter_weights(model.adapter_weights)
         if model.gradient_checkpointing:
@@ -73,6 +78,20 @@ class GRPoseLitModule(pl.LightningModule):
 
             self.pose_loss = build_pose_perception_loss(pose_cfg)
             self.pose_loss_schedule = PoseLossSchedule(pose_cfg.start_epoch, pose_cfg.start_step)
+        # HumanSD's heatmap-guided weighting of the diffusion loss (None for variant `none`: mmpose not imported);
+        # its pose network, like L_p's, is held outside parameters and state dict.
+        from .losses.humansd_heatmap import build_heatmap_guided_loss
+
+        self.heatmap_loss = build_heatmap_guided_loss(loss.humansd_heatmap)
+
+    def _init_unet(self, model: DictConfig):
+        """The UNet the adapter copies its initial weights from: the frozen one, or, when that is stored in a half
+        dtype (`model.frozen_dtype`) and the weights come from a file, a float32 read of the same file. The
+        trainable copy then starts from the stored weights, not from their bf16/fp16 rounding; this matters most
+        for HumanSD, whose trainable copy is the whole UNet. Skipped when `model.adapter_weights` replaces the init."""
+        if self.unet.dtype == torch.float32 or not model.pretrained or model.adapter_weights:
+            return self.unet
+        return load_unet(model.pretrained, model.base)
 
     @classmethod
     def from_config(cls, cfg: DictConfig, parts: Optional[StableDiffusionParts] = None) -> "GRPoseLitModule":
@@ -114,25 +133,30 @@ class GRPoseLitModule(pl.LightningModule):
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
 
-    def compute_loss(self, batch: dict[str, Any], generator: Optional[torch.Generator] = None) -> dict[str, torch.Tensor]:
+    def compute_loss(self, batch: dict[str, Any], generator: Optional[torch.Generator] = None
+                     ) -> dict[str, torch.Tensor]:
         images = batch["image"].to(self.device)
         hint = batch["hint"].to(self.device)
         with torch.no_grad():
-            latents = self.vae.encode(images.to(self.vae.dtype)).latent_dist.sample(generator) * self.sd.vae_scale_factor
+            posterior = self.vae.encode(images.to(self.vae.dtype)).latent_dist
+            latents = posterior.sample(generator) * self.sd.vae_scale_factor
             text = encode_prompts(self.sd, list(batch["prompt"]))
         noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
         timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
                                   generator=generator, device=latents.device)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
 
-        residuals = self.adapter.residuals(noisy, timesteps, text, hint)
-        noise_pred = self.unet(noisy, timesteps, encoder_hidden_states=text, **residuals.unet_kwargs()).sample
+        noise_pred = self.adapter.predict_noise(self.unet, noisy, timesteps, text, hint, generator=generator)
 
         loss_cfg = self.loss_cfg
-        mask = None
-        if loss_cfg.pose_mask_weight != 1.0:
-            mask = pose_region_mask(hint, tuple(latents.shape[-2:]), loss_cfg.pose_mask_kernel, loss_cfg.pose_mask_sigma)
-        per_sample = diffusion_loss(noise_pred, noise, mask, loss_cfg.pose_mask_weight)
+        if self.heatmap_loss is not None:
+            per_sample = self.heatmap_loss(noise_pred, noise, self.vae, self.sd.vae_scale_factor, generator)
+        else:
+            mask = None
+            if loss_cfg.pose_mask_weight != 1.0:
+                mask = pose_region_mask(hint, tuple(latents.shape[-2:]), loss_cfg.pose_mask_kernel,
+                                        loss_cfg.pose_mask_sigma)
+            per_sample = diffusion_loss(noise_pred, noise, mask, loss_cfg.pose_mask_weight)
         losses = {"loss_diffusion": per_sample.mean()}
         if self.pose_loss_active():
             pose_per_sample = self.pose_perception(noisy, noise_pred, timesteps, images)

@@ -1,4 +1,5 @@
-"""Sampling with a frozen SD1.5 + a pose adapter: DDIM (or any diffusers scheduler) with classifier-free guidance.
+"""Sampling with a frozen SD1.5 (or SD2.1-base) + a pose adapter: DDIM (or any diffusers scheduler) with
+classifier-free guidance.
 
 Usable without Lightning. Each image has its own seed, so results do not depend on batch size or device count.
 """
@@ -15,7 +16,6 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .errors import ConfigError, PoseInputError
-from .models.residuals import UNetResiduals
 from .pose_inputs import PoseCondition, load_pose
 from .precision import inference_autocast, torch_dtype
 from .sd15 import StableDiffusionParts, build_sd15, encode_prompts, load_unet, make_scheduler
@@ -26,6 +26,8 @@ DEFAULT_NEGATIVE_PROMPT = (
     "worst quality, low quality"
 )
 DEFAULT_SEED = 42  # sampling.seed of the default config
+# The pose encoding's noise (HumanSD) uses the image's seed plus this, so it never repeats the starting noise.
+POSE_NOISE_SEED_OFFSET = 1 << 32
 
 # UNet/adapter config fields that must agree, or the adapter's residuals cannot be added to the UNet's skips.
 _FIT_KEYS = ("block_out_channels", "layers_per_block", "cross_attention_dim", "down_block_types")
@@ -61,15 +63,19 @@ class GRPosePipeline:
     -> images.
 
     The unconditional branch of classifier-free guidance uses the negative prompt and keeps the pose, as the
-    reference sampler does: eps = eps_neg + s * (eps_prompt - eps_neg), both with the adapter's residuals.
+    reference sampler does: eps = eps_neg + s * (eps_prompt - eps_neg), both from `adapter.predict_noise` (the
+    adapter's residuals into the frozen UNet; HumanSD: its own UNet on [latent, pose latent]).
     Precision follows `grpose.precision`: the frozen parts in their stored dtype, the adapter in float32, autocast
     to the frozen dtype when it is a half type.
     """
 
     def __init__(self, parts: StableDiffusionParts, adapter: Optional[torch.nn.Module], scheduler=None):
-        """`adapter` None samples the base alone, from the prompt only (paper Table 1's "SD" row)."""
+        """`adapter` None samples the base alone, from the prompt only (paper Table 1's "SD" row). The adapter
+        receives the frozen parts here (`bind_base`; HumanSD encodes its pose with the VAE)."""
         self.parts = parts
         self.adapter = adapter
+        if adapter is not None:
+            adapter.bind_base(parts)
         self.scheduler = scheduler if scheduler is not None else make_scheduler("ddim")
 
     @classmethod
@@ -191,14 +197,21 @@ class GRPosePipeline:
                 step_kwargs["eta"] = eta
             if "generator" in step_parameters:
                 step_kwargs["generator"] = generators
-            # timestep-independent: once per call, not per step
-            pose_condition = adapter.encode_pose(pose) if adapter is not None else None
+            # timestep-independent: once per call, not per step. Noise the pose encoding may draw (HumanSD's VAE
+            # posterior sample) comes from each image's seed too, and is the same in both halves of CFG.
+            pose_condition = None
+            if adapter is not None:
+                halves = 2 if use_cfg else 1
+                pose_generators = [torch.Generator("cpu").manual_seed(int(seed) + POSE_NOISE_SEED_OFFSET)
+                                   for _ in range(halves) for seed in seeds]
+                pose_condition = adapter.encode_pose_seeded(pose, pose_generators)
             for t in tqdm(self.scheduler.timesteps, desc="sampling", disable=not progress, leave=False):
                 model_in = torch.cat([latents, latents]) if use_cfg else latents
                 model_in = self.scheduler.scale_model_input(model_in, t)
-                residuals = (adapter.residuals(model_in, t, text, pose_condition, conditioning_scale)
-                             if adapter is not None else UNetResiduals())
-                eps = self.parts.unet(model_in, t, encoder_hidden_states=text, **residuals.unet_kwargs()).sample
+                if adapter is not None:
+                    eps = adapter.predict_noise(self.parts.unet, model_in, t, text, pose_condition, conditioning_scale)
+                else:
+                    eps = self.parts.unet(model_in, t, encoder_hidden_states=text).sample
                 if use_cfg:
                     eps_negative, eps_prompt = eps.chunk(2)
                     eps = eps_negative + guidance_scale * (eps_prompt - eps_negative)

@@ -3,12 +3,13 @@
 
 KIND is `t2i_adapter` (t2iadapter_keypose_sd14v1.pth / t2iadapter_openpose_sd14v1.pth, original or diffusers key
 layout; a diffusers-format folder such as TencentARC/t2iadapter_keypose_sd14v1 is also accepted and re-saved as
-safetensors), `uni_controlnet` (uni.ckpt: its local adapter, reduced to the openpose condition) or `stable_pose`
-(Stable-Pose's Human-Art / LAION-Human checkpoints: `stable_pose_adapter.*`) or `controlnet` (ControlNet openpose:
+safetensors), `uni_controlnet` (uni.ckpt: its local adapter, reduced to the openpose condition), `stable_pose`
+(Stable-Pose's Human-Art / LAION-Human checkpoints: `stable_pose_adapter.*`), `controlnet` (ControlNet openpose:
 control_sd15_openpose.pth, control_v11p_sd15_openpose.pth, or the diffusers folder
-lllyasviel/control_v11p_sd15_openpose, which is re-saved). Every tensor must find its place and
-every tensor of ours must be filled, or nothing is written. OUT_DIR is a diffusers folder for
-`grpose.weights.load_adapter` (eval_pose.py --ckpt, pose2img.py). The default config is SD1.5 at full size.
+lllyasviel/control_v11p_sd15_openpose, which is re-saved) or `humansd` (humansd-v1.ckpt: its 8-channel UNet, the
+trained part). Every tensor must find its place and every tensor of ours must be filled, or nothing is written.
+OUT_DIR is a diffusers folder for `grpose.weights.load_adapter` (eval_pose.py --ckpt, pose2img.py). The default
+config is SD1.5 at full size (SD2.1-base, `model.base=sd21base`, for `humansd`).
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     args = parse_args(argv)
-    cfg = load_config(args.config, [*args.overrides, f"model.adapter={args.kind}"])
+    defaults = ["model.base=sd21base"] if args.kind == "humansd" and args.config is None else []
+    cfg = load_config(args.config, [*defaults, *args.overrides, f"model.adapter={args.kind}"])
     out_dir = Path(args.out_dir)
     refuse_overwrite(out_dir, args.force)
     source = Path(args.checkpoint)

@@ -17,6 +17,9 @@ SHRINK = [
     "trainer.precision=32-true", "trainer.accelerator=cpu", "data.dataset=synthetic", "data.resolution=64",
     "loss.pose_perception.network_checkpoint=null", "loss.pose_perception.start_epoch=null",
     "loss.pose_perception.input_size=64",
+    # HumanSD's heatmap network: the shipped mini HigherHRNet config, random weights
+    "loss.humansd_heatmap.network_config=assets/mini/evaluator/higherhrnet_mini_synthetic.py",
+    "loss.humansd_heatmap.network_checkpoint=null",
 ]
 
 
@@ -39,7 +42,7 @@ def test_preset_runs_one_training_step(preset, synthetic_batch, tiny_parts):
     for key in ("adapter", "graphs", "graph_type", "knn_k", "positional_encoding", "pgi_levels"):
         assert cfg.model[key] == full.model[key], key
     assert cfg.loss.pose_perception.alpha == full.loss.pose_perception.alpha
-    if cfg.loss.pose_perception.alpha > 0:
+    if cfg.loss.pose_perception.alpha > 0 or cfg.loss.humansd_heatmap.variant != "none":
         pytest.importorskip("mmpose", reason="pose-loss presets need mmpose (bash scripts/install_mmpose.sh)")
     if cfg.model.adapter == "none":  # the base alone is evaluated, never trained
         with pytest.raises(ConfigError, match="nothing to train"):

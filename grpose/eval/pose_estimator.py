@@ -354,6 +354,59 @@ class PoseBackbone(nn.Module):
                 f"input_size={self.input_size}")
 
 
+class PoseHeatmaps(nn.Module):
+    """The keypoint heatmaps of a frozen MMPose bottom-up (associative embedding) model, as HumanSD's
+    heatmap-guided loss reads them: B x 3 x H x W images in [0, 1] go to backbone + keypoint head as they are (no
+    mean/std, no resize, no flip test); the first `num_joints` channels of every output stage that carries heatmaps
+    (`test_cfg.with_heatmaps`) are bilinearly resized to the last stage's size (align_corners as `test_cfg`) and
+    averaged. -> B x K x h x w (h = H / 2 for HigherHRNet).
+
+    Like PoseBackbone, the network is kept out of `_modules`: frozen, eval mode, in no parent's parameters or state
+    dict, while device and dtype moves still reach it.
+    """
+
+    def __init__(self, model_or_config: Any, checkpoint: Optional[PathLike] = None):
+        super().__init__()
+        model = model_or_config if isinstance(model_or_config, nn.Module) else build_pose_model(model_or_config,
+                                                                                                 checkpoint)
+        test_cfg = getattr(model, "test_cfg", None) or {}
+        if not hasattr(model, "keypoint_head") or "with_heatmaps" not in test_cfg:
+            raise TypeError("PoseHeatmaps needs an MMPose bottom-up model (AssociativeEmbedding: backbone + "
+                            "keypoint_head, test_cfg.with_heatmaps), e.g. a HigherHRNet config")
+        model.requires_grad_(False)
+        model.eval()
+        self.__dict__["_net"] = model
+        self.num_joints = int(test_cfg["num_joints"])
+        self.with_heatmaps = tuple(bool(w) for w in test_cfg["with_heatmaps"])
+        self.align_corners = bool(test_cfg.get("align_corners", False))
+        super().train(False)
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        self._net._apply(fn)
+        return self
+
+    def train(self, mode: bool = True) -> "PoseHeatmaps":
+        super().train(False)
+        self._net.eval()
+        return self
+
+    def forward(self, images01: torch.Tensor) -> torch.Tensor:
+        if images01.ndim != 4 or images01.shape[1] != 3:
+            raise ValueError(f"PoseHeatmaps expects B x 3 x H x W images in [0, 1], got {tuple(images01.shape)}")
+        param = next(self._net.parameters())
+        with torch.autocast(device_type=images01.device.type, enabled=False):
+            outputs = self._net.keypoint_head(self._net.backbone(images01.to(param.dtype)))
+        outputs = [outputs] if isinstance(outputs, torch.Tensor) else list(outputs)
+        maps = [out[:, :self.num_joints] for out, has in zip(outputs, self.with_heatmaps) if has]
+        if not maps:
+            raise RuntimeError("PoseHeatmaps: no output stage of this model carries heatmaps (test_cfg.with_heatmaps)")
+        size = maps[-1].shape[-2:]
+        resized = [m if m.shape[-2:] == size else
+                   F.interpolate(m, size=size, mode="bilinear", align_corners=self.align_corners) for m in maps]
+        return torch.stack(resized).mean(dim=0)
+
+
 class PooledPoseFeatures(nn.Module):
     """FID/KID features from a pose network's backbone, for a world without Inception weights (the miniature
     synthetic world): uint8 B x 3 x S x S -> B x C, the spatial mean of the backbone's last stage."""

@@ -13,6 +13,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from ..sd15.configs import vae_downsampling
+from .humansd import HumanSDUNet
 from .pgi import GRAPH_NAMES, ProgressiveGraphIntegrator
 from .pose_encoder import PoseEncoder
 from .residuals import PoseAdapterMixin, UNetResiduals
@@ -22,8 +23,9 @@ from .trunk import ConditionedTrunk, copy_matching_weights, encoder_config
 from .uni_controlnet import UniControlNetAdapter
 
 Residuals = tuple[list[torch.Tensor], torch.Tensor]
-__all__ = ["ControlNetBaseline", "GraphPoseAdapter", "StablePoseAdapter", "T2IAdapterBaseline", "UNetResiduals",
-           "UniControlNetAdapter", "build_adapter", "copy_matching_weights", "count_parameters", "encoder_config"]
+__all__ = ["ControlNetBaseline", "GraphPoseAdapter", "HumanSDUNet", "StablePoseAdapter", "T2IAdapterBaseline",
+           "UNetResiduals", "UniControlNetAdapter", "build_adapter", "copy_matching_weights", "count_parameters",
+           "encoder_config"]
 
 
 class GraphPoseAdapter(PoseAdapterMixin, ConditionedTrunk, ModelMixin, ConfigMixin):
@@ -93,6 +95,8 @@ def build_adapter(model_cfg: Any, unet: UNet2DConditionModel, load_weights_from_
         return ControlNetBaseline.from_unet(unet, load_weights_from_unet=load_weights_from_unet)
     if model_cfg.adapter == "t2i_adapter":
         return T2IAdapterBaseline.from_unet(unet, vae_downsampling=vae_downsampling(model_cfg.base))
+    if model_cfg.adapter == "humansd":  # the whole UNet, conv_in widened for the pose latent
+        return HumanSDUNet.from_unet(unet, load_weights_from_unet=load_weights_from_unet)
     if model_cfg.adapter == "uni_controlnet":
         return UniControlNetAdapter.from_unet(
             unet, load_weights_from_unet=load_weights_from_unet, stem_channels=list(model_cfg.pose_stem_channels),

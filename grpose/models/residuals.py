@@ -1,8 +1,11 @@
 """The adapter protocol: what a trainable branch adds to the frozen UNet, named by the UNet keyword that takes it.
 
 Every adapter has `encode_pose(pose_image)` (its timestep-independent part, computed once per sampling call) and
-`residuals(sample, timestep, encoder_hidden_states, pose, conditioning_scale) -> UNetResiduals`; the training loss
-and the sampler both call the frozen UNet as `unet(sample, t, encoder_hidden_states=text, **r.unet_kwargs())`.
+`residuals(sample, timestep, encoder_hidden_states, pose, conditioning_scale) -> UNetResiduals`. The training loss
+and the sampler never call a UNet themselves: they call `adapter.predict_noise(unet, ...)`, whose default runs the
+frozen UNet as `unet(sample, t, encoder_hidden_states=text, **r.unet_kwargs())`. A method whose trainable part is a
+whole denoiser (HumanSD) overrides `predict_noise`; one that needs the frozen base (HumanSD's VAE-encoded pose)
+receives it once through `bind_base(parts)`, and one whose pose encoding draws noise overrides `encode_pose_seeded`.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 import torch
+from torch import nn
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,25 @@ class PoseAdapterMixin:
         """`pose`: the B x 3 x H x W pose image in [-1, 1], or `encode_pose` of it."""
         down, mid = self(sample, timestep, encoder_hidden_states, pose, conditioning_scale=conditioning_scale)
         return UNetResiduals(down=down, mid=mid)
+
+    def bind_base(self, parts: Any) -> None:
+        """Receive the frozen base (`grpose.sd15.StableDiffusionParts`), once, from whoever composes the two: the
+        lit module and the pipeline. Default: nothing to keep. An override must not register the parts as
+        submodules (they are never trained and never in the adapter's state dict)."""
+
+    def encode_pose_seeded(self, pose_image: torch.Tensor, generator: Any = None) -> Any:
+        """`encode_pose` for a sampler that owns per-image random generators (`generator`: one torch.Generator or
+        a list with one per image). Default: `encode_pose`, which draws no noise."""
+        return self.encode_pose(pose_image)
+
+    def predict_noise(self, unet: nn.Module, sample: torch.Tensor, timestep: torch.Tensor,
+                      encoder_hidden_states: torch.Tensor, pose: Any, conditioning_scale: float = 1.0,
+                      generator: Any = None) -> torch.Tensor:
+        """The noise prediction for `sample` at `timestep`: the one place the training loss and the sampler get
+        it from. Default: this adapter's residuals, then the frozen `unet`. `pose`: the pose image or
+        `encode_pose(_seeded)` of it; `generator` only matters to adapters whose pose encoding draws noise."""
+        residuals = self.residuals(sample, timestep, encoder_hidden_states, pose, conditioning_scale)
+        return unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, **residuals.unet_kwargs()).sample
 
     def unet_fit(self) -> dict[str, Any]:
         """The UNet config fields this adapter was built for (the sampler checks them against its base UNet)."""

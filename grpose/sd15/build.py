@@ -12,7 +12,8 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from ..errors import MissingFileError
 from ..precision import cast_module
-from .configs import WEIGHTS_HINT, sd15_config, text_encoder_factory, unet_factory, vae_factory
+from .configs import (WEIGHTS_HINT, sd15_config, text_encoder_factory, tokenizer_settings, unet_factory,
+                      vae_factory, weights_hint)
 from .diffusers_folder import load_diffusers_unet, parts_from_diffusers_folder
 from .single_file import parts_from_single_file, read_state_dict, unet_from_checkpoint
 from .tokenizer import make_tokenizer
@@ -36,10 +37,11 @@ def _freeze(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
-def _existing_path(weights: str) -> Path:
+def _existing_path(weights: str, arch: str = "sd15") -> Path:
     path = Path(weights).expanduser()
     if not path.exists():
-        raise MissingFileError(f"SD1.5 weights not found at {path}: {WEIGHTS_HINT}.")
+        family = "SD2.1-base" if weights_hint(arch) != WEIGHTS_HINT else "SD1.5"
+        raise MissingFileError(f"{family} weights not found at {path}: {weights_hint(arch)}.")
     return path
 
 
@@ -53,7 +55,8 @@ def build_sd15(arch: str = "sd15", weights: str | None = None, torch_dtype=torch
     RANDOM_INIT_SEED, the global RNG untouched), so a run trained on a random base can be evaluated and sampled
     later on the identical base; otherwise a diffusers folder (unet/, vae/, text_encoder/,
     tokenizer/) or an original single-file checkpoint (.safetensors / .ckpt, keys model.diffusion_model.*,
-    first_stage_model.*, cond_stage_model.transformer.*), converted against the shipped `arch` configs.
+    first_stage_model.*, cond_stage_model.transformer.* for SD1.5 or cond_stage_model.model.* for SD2.x's OpenCLIP),
+    converted against the shipped `arch` configs.
     """
     sd15_config(arch, "unet")  # validates arch before any heavy work
     tokenizer_dir = None
@@ -64,7 +67,7 @@ def build_sd15(arch: str = "sd15", weights: str | None = None, torch_dtype=torch
             vae = vae_factory(arch)()
             text_encoder = text_encoder_factory(arch)()
     else:
-        path = _existing_path(weights)
+        path = _existing_path(weights, arch)
         if path.is_dir():
             unet, vae, text_encoder = parts_from_diffusers_folder(path, arch)
             if (path / "tokenizer").is_dir():
@@ -75,7 +78,7 @@ def build_sd15(arch: str = "sd15", weights: str | None = None, torch_dtype=torch
         unet=_freeze(cast_module(unet, torch_dtype)),
         vae=_freeze(cast_module(vae, torch_dtype)),
         text_encoder=_freeze(cast_module(text_encoder, torch_dtype)),
-        tokenizer=make_tokenizer(tokenizer_dir),
+        tokenizer=make_tokenizer(tokenizer_dir, **tokenizer_settings(arch)),
         vae_scale_factor=float(vae.config.scaling_factor),
     )
     return parts
@@ -88,7 +91,7 @@ def load_unet(weights: str, arch: str = "sd15") -> UNet2DConditionModel:
     (diffusion_pytorch_model.safetensors), a diffusers UNet folder, or a diffusers pipeline folder with unet/.
     Returned in float32 whatever the file stores; cast it with `.to()` next to the other parts.
     """
-    path = _existing_path(weights)
+    path = _existing_path(weights, arch)
     if path.is_dir():
         if (path / "unet" / "config.json").is_file():
             path = path / "unet"

@@ -14,9 +14,10 @@ from .configs import WEIGHTS_HINT, sd15_config
 
 # Fields that decide whether a stored model is the architecture the rest of grpose was configured for.
 _STRUCTURE_KEYS = {
-    "unet": ("block_out_channels", "layers_per_block", "cross_attention_dim", "down_block_types", "in_channels"),
+    "unet": ("block_out_channels", "layers_per_block", "cross_attention_dim", "down_block_types", "in_channels",
+             "attention_head_dim", "use_linear_projection"),
     "vae": ("block_out_channels", "latent_channels", "down_block_types"),
-    "text_encoder": ("hidden_size", "num_hidden_layers", "vocab_size", "max_position_embeddings"),
+    "text_encoder": ("hidden_size", "num_hidden_layers", "vocab_size", "max_position_embeddings", "hidden_act"),
 }
 
 

@@ -3,6 +3,7 @@ diffusers modules with diffusers' own conversion functions against the shipped c
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -12,17 +13,23 @@ from diffusers.loaders.single_file_utils import (
     convert_ldm_clip_checkpoint,
     convert_ldm_unet_checkpoint,
     convert_ldm_vae_checkpoint,
+    convert_open_clip_checkpoint,
 )
 from transformers import CLIPTextModel
 
 from ..errors import WeightsError
 from ..files import read_checkpoint, state_dict_mismatch, state_dict_of
-from .configs import CONFIG_DIR, WEIGHTS_HINT, sd15_config, text_encoder_factory, unet_factory, vae_factory
+from .configs import (CONFIG_DIR, WEIGHTS_HINT, sd15_config, text_encoder_factory, unet_factory, uses_open_clip,
+                      vae_factory)
 
 # Key prefixes of the original LDM single-file layout (v1-5-pruned.ckpt / .safetensors and its fine-tunes).
 LDM_UNET_PREFIX = "model.diffusion_model."
 LDM_VAE_PREFIX = "first_stage_model."
 LDM_TEXT_PREFIX = "cond_stage_model.transformer."
+LDM_OPEN_CLIP_PREFIX = "cond_stage_model.model."  # SD2.x: open_clip's text tower (FrozenOpenCLIPEmbedder)
+# open_clip tensors SD2.x never uses: the contrastive heads. Its last resblock is dropped by layer count (see below).
+_OPEN_CLIP_UNUSED = ("text_projection", "logit_scale")
+_RESBLOCK = re.compile(r"^transformer\.resblocks\.(\d+)\.")
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -30,12 +37,12 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state_dict_of(read_checkpoint(path, hint=WEIGHTS_HINT, can_trust=False), path)
 
 
-def _require_prefixes(state_dict: dict, prefixes: tuple[str, ...], path: Path) -> None:
+def _require_prefixes(state_dict: dict, prefixes: tuple[str, ...], path: Path, family: str = "SD1.5") -> None:
     missing = [p for p in prefixes if not any(k.startswith(p) for k in state_dict)]
     if missing:
         raise WeightsError(
-            f"{path} is not an SD1.5 single-file checkpoint: no keys start with {', '.join(missing)} (expected the "
-            f"original LDM layout {LDM_UNET_PREFIX}*, {LDM_VAE_PREFIX}*, {LDM_TEXT_PREFIX}*); {WEIGHTS_HINT}."
+            f"{path} is not an {family} single-file checkpoint: no keys start with {', '.join(missing)} (expected "
+            f"the original LDM layout {', '.join(p + '*' for p in prefixes)}); {WEIGHTS_HINT}."
         )
 
 
@@ -90,6 +97,37 @@ def _text_encoder_state_dict(checkpoint: dict, model_has_text_model: bool) -> di
     return out
 
 
+def split_open_clip_state_dict(checkpoint: dict, num_layers: int) -> tuple[dict, list[str]]:
+    """SD2.x's OpenCLIP text tower (keys under `cond_stage_model.model.`) -> (the tensors SD2.x runs, unused keys).
+
+    LDM's FrozenOpenCLIPEmbedder(layer="penultimate") runs resblocks 0 .. num_layers-1 and then `ln_final`; the
+    remaining resblock(s) and the contrastive heads (`text_projection`, `logit_scale`) are stored but never used.
+    """
+    kept, unused = {}, []
+    for key, value in checkpoint.items():
+        if not key.startswith(LDM_OPEN_CLIP_PREFIX):
+            continue
+        rest = key[len(LDM_OPEN_CLIP_PREFIX):]
+        block = _RESBLOCK.match(rest)
+        if rest in _OPEN_CLIP_UNUSED or (block and int(block[1]) >= num_layers):
+            unused.append(key)
+        else:
+            kept[key] = value
+    return kept, unused
+
+
+def open_clip_text_state_dict(checkpoint: dict, arch: str) -> dict:
+    """SD2.x's OpenCLIP text tower -> the arch's CLIPTextModel state dict (diffusers' own conversion: in_proj split
+    into q/k/v, `ln_final` -> `final_layer_norm`), keys matched to the installed transformers' layout."""
+    num_layers = sd15_config(arch, "text_encoder")["num_hidden_layers"]
+    kept, _ = split_open_clip_state_dict(checkpoint, num_layers)
+    with torch.device("meta"):
+        model = text_encoder_factory(arch)()
+    converted = convert_open_clip_checkpoint(model, kept, prefix=LDM_OPEN_CLIP_PREFIX)
+    wrapped = hasattr(model, "text_model")
+    return {(k if wrapped else k.removeprefix("text_model.")): v for k, v in converted.items()}
+
+
 def _has_text_model_wrapper(arch: str) -> bool:
     with torch.device("meta"):
         return hasattr(text_encoder_factory(arch)(), "text_model")
@@ -118,15 +156,27 @@ def parts_from_single_file(path: Path, arch: str) -> tuple[UNet2DConditionModel,
 def parts_from_ldm_state_dict(
     checkpoint: dict, arch: str, path: Path
 ) -> tuple[UNet2DConditionModel, AutoencoderKL, CLIPTextModel]:
-    _require_prefixes(checkpoint, (LDM_UNET_PREFIX, LDM_VAE_PREFIX, LDM_TEXT_PREFIX), path)
+    open_clip = uses_open_clip(arch)
+    _require_prefixes(checkpoint, (LDM_UNET_PREFIX, LDM_VAE_PREFIX,
+                                   LDM_OPEN_CLIP_PREFIX if open_clip else LDM_TEXT_PREFIX), path,
+                      "SD2.x" if open_clip else "SD1.5")
     unet = unet_from_checkpoint(checkpoint, arch, path)
+    vae, text_encoder = frozen_parts_from_ldm_state_dict(checkpoint, arch, path)
+    return unet, vae, text_encoder
+
+
+def frozen_parts_from_ldm_state_dict(checkpoint: dict, arch: str, path: Path) -> tuple[AutoencoderKL, CLIPTextModel]:
+    """The VAE and text encoder of an LDM-layout state dict (SD1.5's CLIP or SD2.x's OpenCLIP, by arch), strictly."""
     vae_ldm = {k: v for k, v in checkpoint.items() if k.startswith(LDM_VAE_PREFIX)}
     vae = _instantiate(
         vae_factory(arch), convert_ldm_vae_checkpoint(vae_ldm, sd15_config(arch, "vae")), "VAE", path, arch
     )
-    text_ldm = {k: v for k, v in checkpoint.items() if k.startswith(LDM_TEXT_PREFIX)}
-    text_sd = _text_encoder_state_dict(text_ldm, _has_text_model_wrapper(arch))
+    if uses_open_clip(arch):
+        text_sd = open_clip_text_state_dict(checkpoint, arch)
+    else:
+        text_ldm = {k: v for k, v in checkpoint.items() if k.startswith(LDM_TEXT_PREFIX)}
+        text_sd = _text_encoder_state_dict(text_ldm, _has_text_model_wrapper(arch))
     text_encoder = _instantiate(text_encoder_factory(arch), text_sd, "text encoder", path, arch)
-    return unet, vae, text_encoder
+    return vae, text_encoder
 
 

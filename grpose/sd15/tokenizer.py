@@ -1,5 +1,6 @@
 """SD1.5's CLIP tokenizer rebuilt offline from the BPE vocabulary that open_clip_torch ships (same ids as
-openai/clip-vit-large-patch14's), or read from a diffusers tokenizer/ folder."""
+openai/clip-vit-large-patch14's), or read from a diffusers tokenizer/ folder. SD2.x uses the same vocabulary and
+merges and only pads differently ("!", id 0, like open_clip's zero padding)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from transformers import CLIPTokenizer
 
-from ..errors import MissingExtraError, MissingFileError
+from ..errors import MissingExtraError, MissingFileError, WeightsError
 
 CLIP_CONTEXT_LENGTH = 77
 CLIP_VOCAB_SIZE = 49408
@@ -82,10 +83,11 @@ def _write_clip_vocab(cache: Path) -> None:
     _atomic_write(cache / "vocab.json", json.dumps(vocab, ensure_ascii=False))
 
 
-def make_tokenizer(path: str | None = None) -> CLIPTokenizer:
+def make_tokenizer(path: str | None = None, pad_token: str = CLIP_EOS) -> CLIPTokenizer:
     """SD1.5's CLIP tokenizer, offline: from a diffusers tokenizer folder, else from open_clip's BPE vocabulary.
 
-    Pads with "<|endoftext|>" to 77 tokens like SD1.5's tokenizer (openai/clip-vit-large-patch14).
+    Pads with `pad_token` to 77 tokens: "<|endoftext|>" like SD1.5's tokenizer (openai/clip-vit-large-patch14), "!"
+    for SD2.x. A folder whose own pad token differs is refused: the text encoder was trained with one of them.
     """
     if path is not None:
         folder = Path(path).expanduser()
@@ -95,6 +97,10 @@ def make_tokenizer(path: str | None = None) -> CLIPTokenizer:
                 "folder of runwayml/stable-diffusion-v1-5); pass None to build it from open_clip's vocabulary."
             )
         tokenizer = CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
+        if tokenizer.pad_token != pad_token:
+            raise WeightsError(
+                f"The tokenizer in {folder} pads with {tokenizer.pad_token!r}, but this arch pads with {pad_token!r} "
+                "(SD1.5: '<|endoftext|>', SD2.x: '!'); pass the arch the folder was made for.")
     else:
         cache = _cache_root() / "clip_tokenizer"
         if not ((cache / "vocab.json").is_file() and (cache / "merges.txt").is_file()):
@@ -105,7 +111,7 @@ def make_tokenizer(path: str | None = None) -> CLIPTokenizer:
             bos_token=CLIP_BOS,
             eos_token=CLIP_EOS,
             unk_token=CLIP_EOS,
-            pad_token=CLIP_EOS,
+            pad_token=pad_token,
             model_max_length=CLIP_CONTEXT_LENGTH,
         )
         if len(tokenizer) != CLIP_VOCAB_SIZE:

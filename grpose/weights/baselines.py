@@ -11,6 +11,9 @@
   reads it.
 - Stable-Pose's Human-Art / LAION-Human checkpoints (`final.pth`, a bare state dict, or Lightning's `last.ckpt`):
   only `stable_pose_adapter.*` is kept.
+- HumanSD `humansd-v1.ckpt`: an SD2.1-base LDM checkpoint whose UNet (`model.diffusion_model.*`, 8 input channels)
+  is the trained part; its VAE and OpenCLIP text tower are converted and checked strictly against the base arch, then
+  left out (they are SD2.1-base's frozen parts), and its pose network (`mmpose_model.*`) is dropped.
 
 Every converter maps each key by a rule, reports what it dropped, fails with a one-line WeightsError naming any key
 that has no place, and loads strictly (every tensor of ours filled, same shapes).
@@ -23,7 +26,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint
+from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint, convert_ldm_unet_checkpoint
 from omegaconf import DictConfig
 from torch import nn
 
@@ -31,9 +34,9 @@ from ..errors import ConfigError, WeightsError
 from ..files import few, read_checkpoint, state_dict_of
 from ..sd15 import sd15_config
 from .loader import adapter_with_weights
-from .release import split_state_dict
+from .release import RELEASE_DROPPED_KEYS, split_state_dict
 
-BASELINE_KINDS = ("t2i_adapter", "uni_controlnet", "stable_pose", "controlnet")
+BASELINE_KINDS = ("t2i_adapter", "uni_controlnet", "stable_pose", "controlnet", "humansd")
 
 # ------------------------------------------------------------------------------------------------ T2I-Adapter
 # The original Adapter keeps its 4 levels x num_res_blocks ResnetBlocks in one flat list `body`; diffusers' FullAdapter
@@ -305,9 +308,83 @@ def prepare_controlnet_state_dict(state: dict[str, torch.Tensor], model_cfg: Dic
     return converted, {"mapped": names, "dropped": dropped, "unmapped": [], "layout": layout}
 
 
+# ---------------------------------------------------------------------------------------------------- HumanSD
+HUMANSD_UNET_PREFIX = "model.diffusion_model."
+# The frozen SD2.1-base parts (converted and checked, not kept), the HigherHRNet of the training loss, and a possible
+# EMA copy of the UNet (HumanSD trains with use_ema False; a file that has one still converts its live weights).
+HUMANSD_BASE_PREFIXES = ("first_stage_model.", "cond_stage_model.")
+HUMANSD_DROPPED_PREFIXES = (*HUMANSD_BASE_PREFIXES, "mmpose_model.", "model_ema.")
+
+
+def map_humansd_unet_keys(keys: list[str], unet_config: dict) -> tuple[dict[str, str], list[str]]:
+    """LDM UNet keys (with `model.diffusion_model.`) -> ({our HumanSDUNet key: their key}, unmapped keys).
+
+    diffusers' own LDM UNet conversion places them (it only moves values, so it runs on the names); a key it leaves
+    behind has no place in a diffusers UNet of `unet_config` (8 input channels, SD2's linear proj_in / proj_out).
+    """
+    placed = convert_ldm_unet_checkpoint({k: k for k in keys}, unet_config)
+    mapping = {ours: theirs for ours, theirs in placed.items() if isinstance(theirs, str)}
+    used = set(mapping.values())
+    return mapping, sorted(k for k in keys if k not in used)
+
+
+def prepare_humansd_state_dict(state: dict[str, torch.Tensor], model_cfg: DictConfig, source: str = "checkpoint"
+                               ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """-> (our HumanSDUNet state dict, report) without building the UNet; raises WeightsError on unmapped keys or on
+    base parts that do not fit `model.base` (strict: every VAE / text-encoder tensor of the arch filled).
+
+    report: {"mapped": {ours: theirs}, "dropped": [...], "unmapped": [], "base": {"vae": n, "text_encoder": n,
+    "unused": n}, "dropped_prefixes": HUMANSD_DROPPED_PREFIXES}.
+    """
+    _require_kind(model_cfg, "humansd")
+    unet_keys = [k for k in state if k.startswith(HUMANSD_UNET_PREFIX)]
+    if not unet_keys:
+        raise WeightsError(f"{source} has no '{HUMANSD_UNET_PREFIX}*' keys: not a HumanSD (LDM-layout) checkpoint")
+    dropped = [k for k in state if k.startswith(HUMANSD_DROPPED_PREFIXES) or k in RELEASE_DROPPED_KEYS]
+    unknown = sorted(k for k in state if not k.startswith(HUMANSD_UNET_PREFIX) and k not in set(dropped))
+    unet_config = {**sd15_config(model_cfg.base, "unet")}
+    unet_config["in_channels"] = 2 * unet_config["in_channels"]
+    mapping, unmapped = map_humansd_unet_keys(unet_keys, unet_config)
+    problems = []
+    if unknown:
+        problems.append(f"{len(unknown)} keys that are no known part: {few(unknown)}")
+    if unmapped:
+        problems.append(f"{len(unmapped)} UNet keys with no place in a diffusers UNet: {few(unmapped)}")
+    if problems:
+        raise WeightsError(f"Cannot convert {source}: " + "; ".join(problems) + ". The UNet goes through diffusers' "
+                           "LDM UNet conversion; the other known parts are " + ", ".join(HUMANSD_DROPPED_PREFIXES))
+    base = _check_humansd_base(state, model_cfg.base, source)
+    converted = {ours: state[theirs] for ours, theirs in mapping.items()}
+    return converted, {"mapped": mapping, "dropped": sorted(dropped), "unmapped": [], "base": base,
+                       "dropped_prefixes": HUMANSD_DROPPED_PREFIXES}
+
+
+def _check_humansd_base(state: dict[str, torch.Tensor], arch: str, source: str) -> dict[str, int]:
+    """Convert the VAE and text tower strictly against `arch` (on their own tensors, so meta tensors work too);
+    -> tensor counts. A file without them (a UNet-only export) passes with zero counts."""
+    from ..sd15.single_file import LDM_OPEN_CLIP_PREFIX, frozen_parts_from_ldm_state_dict, split_open_clip_state_dict
+
+    base = {k: v for k, v in state.items() if k.startswith(HUMANSD_BASE_PREFIXES)}
+    if not base:
+        return {"vae": 0, "text_encoder": 0, "unused": 0}
+    vae, text_encoder = frozen_parts_from_ldm_state_dict(base, arch, Path(source))
+    layers = text_encoder.config.num_hidden_layers
+    _, unused = split_open_clip_state_dict(base, layers)
+    text_keys = sum(k.startswith(LDM_OPEN_CLIP_PREFIX) for k in base)
+    return {"vae": sum(k.startswith("first_stage_model.") for k in base), "text_encoder": text_keys - len(unused),
+            "unused": len(unused)}
+
+
+def convert_humansd_state_dict(state: dict[str, torch.Tensor], model_cfg: DictConfig, source: str = "checkpoint"
+                               ) -> tuple[nn.Module, dict[str, Any]]:
+    """HumanSD's LDM-layout state dict -> our HumanSDUNet, strictly. Returns (UNet, report)."""
+    return convert_baseline_state_dict("humansd", state, model_cfg, source)
+
+
 # ------------------------------------------------------------------------------------------------------ common
 PREPARERS = {"t2i_adapter": prepare_t2i_adapter_state_dict, "uni_controlnet": prepare_uni_controlnet_state_dict,
-             "stable_pose": prepare_stable_pose_state_dict, "controlnet": prepare_controlnet_state_dict}
+             "stable_pose": prepare_stable_pose_state_dict, "controlnet": prepare_controlnet_state_dict,
+             "humansd": prepare_humansd_state_dict}
 
 
 def _require_kind(model_cfg: DictConfig, kind: str) -> None:
@@ -333,7 +410,7 @@ def convert_baseline_checkpoint(kind: str, path: str | Path, model_cfg: DictConf
     return convert_baseline_state_dict(kind, state, model_cfg, str(path))
 
 
-def count_by_prefix(keys: list[str], prefixes: tuple[str, ...] = UNI_DROPPED_PREFIXES,
+def count_by_prefix(keys: list[str], prefixes: tuple[str, ...] = (*UNI_DROPPED_PREFIXES, "mmpose_model."),
                     other: str = "LDM buffers (noise schedule)") -> list[str]:
     """'    prefix  count' lines for a key report of dropped keys."""
     counts: dict[str, int] = {}
@@ -351,4 +428,9 @@ def describe(kind: str, report: dict[str, Any]) -> Optional[str]:
                 "the other conditions' channels are zero in pose-only use, so the function is unchanged")
     if kind in ("t2i_adapter", "controlnet"):
         return f"key layout: {report['layout']}"
+    if kind == "humansd" and report.get("base"):
+        base = report["base"]
+        return (f"base parts checked against the arch and not written (SD2.1-base's frozen parts): VAE "
+                f"{base['vae']} tensors, text encoder {base['text_encoder']} (+{base['unused']} open_clip tensors "
+                "SD2 never runs)")
     return None

@@ -31,6 +31,7 @@ from ..errors import ConfigError, MissingFileError, OutputExistsError, WeightsEr
 from ..files import few, first_line, read_checkpoint, state_dict_mismatch
 from ..models.adapter import (ControlNetBaseline, GraphPoseAdapter, StablePoseAdapter, T2IAdapterBaseline,
                               UniControlNetAdapter, build_adapter)
+from ..models.humansd import HumanSDUNet
 from ..sd15 import sd15_config
 
 # Lightning checkpoints of GRPoseLitModule hold the adapter's tensors under this prefix and nothing else.
@@ -47,6 +48,7 @@ ADAPTER_CLASSES: dict[str, type] = {
     "T2IAdapter": T2IAdapterBaseline,
     "UniControlNetAdapter": UniControlNetAdapter,
     "StablePoseAdapter": StablePoseAdapter,
+    "HumanSDUNet": HumanSDUNet,
 }
 # Weight files of a diffusers folder, in the order they are looked for. diffusers-format releases on the Hub often
 # only have the pickle; read_checkpoint opens it with torch's weights-only unpickler before diffusers touches it.
