@@ -35,6 +35,7 @@ TABLES: dict[str, list[tuple[str, str]]] = {
           ("T2I-Adapter", "configs/mini/t2i_adapter.yaml"),
           ("ControlNet", "configs/mini/controlnet.yaml"),
           ("Uni-ControlNet", "configs/mini/uni_controlnet.yaml"),
+          ("HumanSD", "configs/mini/humansd.yaml"),
           ("Stable-Pose", "configs/mini/stable_pose.yaml"),
           ("GRPose", "configs/mini/grpose_poseloss.yaml")],
     "2": [("SD (base alone)", "configs/mini/base.yaml"),
