@@ -125,12 +125,6 @@ UNI_KEY_TABLE: dict[str, str] = {
 _UNI_PATTERNS = [(re.compile(p), r) for p, r in UNI_KEY_TABLE.items()]
 
 
-def split_uni_controlnet_state_dict(state: dict[str, torch.Tensor]
-                                    ) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
-    """-> (local adapter tensors without `local_adapter.`, dropped keys, keys that belong to no known part)."""
-    return split_state_dict(state, UNI_ADAPTER_PREFIX, UNI_DROPPED_PREFIXES)
-
-
 def map_conditioned_trunk_keys(keys: list[str], unet_config: dict) -> tuple[dict[str, str], list[str]]:
     """Keys of a ControlNet-style adapter in LDM names with a Uni-ControlNet-style `feature_extractor` (Uni-ControlNet's
     local adapter, Stable-Pose's adapter; prefix removed) -> ({our key: their key}, unmapped keys).
@@ -156,9 +150,27 @@ def map_conditioned_trunk_keys(keys: list[str], unet_config: dict) -> tuple[dict
     return mapping, sorted(k for k in keys if k not in used)
 
 
-def map_uni_controlnet_keys(keys: list[str], unet_config: dict) -> tuple[dict[str, str], list[str]]:
-    """Local adapter keys (without `local_adapter.`) -> ({our key: their key}, unmapped keys)."""
-    return map_conditioned_trunk_keys(keys, unet_config)
+def prepare_conditioned_trunk(state: dict[str, torch.Tensor], prefix: str, dropped_prefixes: tuple[str, ...],
+                              model_cfg: DictConfig, source: str, what: str
+                              ) -> tuple[dict[str, torch.Tensor], dict[str, str], list[str]]:
+    """The shared conversion of a ControlNet-style adapter stored under `prefix` with a Uni-ControlNet-style feature
+    extractor (Uni-ControlNet's local adapter, Stable-Pose's adapter) -> (our tensors, {our key: their full key},
+    dropped keys); raises WeightsError naming the keys that belong to no known part or find no place in ours."""
+    adapter, dropped, unknown = split_state_dict(state, prefix, dropped_prefixes)
+    if not adapter:
+        raise WeightsError(f"{source} has no '{prefix}*' keys: not a {what} checkpoint")
+    mapping, unmapped = map_conditioned_trunk_keys(list(adapter), sd15_config(model_cfg.base, "unet"))
+    problems = []
+    if unknown:
+        problems.append(f"{len(unknown)} keys outside '{prefix}' that are no known part: {few(sorted(unknown))}")
+    if unmapped:
+        problems.append(f"{len(unmapped)} adapter keys with no place in our layout: "
+                        f"{few([prefix + k for k in unmapped])}")
+    if problems:
+        raise WeightsError(f"Cannot convert {source}: " + "; ".join(problems) + ". The mapping is "
+                           "grpose.weights.baselines.UNI_KEY_TABLE plus diffusers' ControlNet conversion for the trunk")
+    converted = {ours: adapter[theirs] for ours, theirs in mapping.items()}
+    return converted, {ours: prefix + theirs for ours, theirs in mapping.items()}, dropped
 
 
 def prepare_uni_controlnet_state_dict(state: dict[str, torch.Tensor], model_cfg: DictConfig,
@@ -168,22 +180,8 @@ def prepare_uni_controlnet_state_dict(state: dict[str, torch.Tensor], model_cfg:
     report: {"mapped": {ours: theirs}, "dropped": [...], "unmapped": [], "condition_channels": N, "sliced": bool}.
     """
     _require_kind(model_cfg, "uni_controlnet")
-    local, dropped, unknown = split_uni_controlnet_state_dict(state)
-    if not local:
-        raise WeightsError(f"{source} has no '{UNI_ADAPTER_PREFIX}*' keys: not a Uni-ControlNet checkpoint")
-    mapping, unmapped = map_uni_controlnet_keys(list(local), sd15_config(model_cfg.base, "unet"))
-    problems = []
-    if unknown:
-        problems.append(f"{len(unknown)} keys outside '{UNI_ADAPTER_PREFIX}' that are no known part: "
-                        f"{few(sorted(unknown))}")
-    if unmapped:
-        problems.append(f"{len(unmapped)} local adapter keys with no place in our layout: "
-                        f"{few([UNI_ADAPTER_PREFIX + k for k in unmapped])}")
-    if problems:
-        raise WeightsError(f"Cannot convert {source}: " + "; ".join(problems) + ". The mapping is "
-                           "grpose.weights.baselines.UNI_KEY_TABLE plus diffusers' ControlNet conversion for the trunk")
-    converted = {ours: local[theirs] for ours, theirs in mapping.items()}
-    names = {ours: UNI_ADAPTER_PREFIX + theirs for ours, theirs in mapping.items()}
+    converted, names, dropped = prepare_conditioned_trunk(state, UNI_ADAPTER_PREFIX, UNI_DROPPED_PREFIXES, model_cfg,
+                                                          source, "Uni-ControlNet")
     channels = converted[_UNI_FIRST_CONV].shape[1] if _UNI_FIRST_CONV in converted else 3
     sliced = channels == 3 * len(UNI_CONDITIONS)
     if sliced:
@@ -223,22 +221,8 @@ def prepare_stable_pose_state_dict(state: dict[str, torch.Tensor], model_cfg: Di
     `cond_conv.*`, and renames in_layers.2 / emb_layers.1 / out_layers.3 like any ResBlock.
     """
     _require_kind(model_cfg, "stable_pose")
-    adapter, dropped, unknown = split_state_dict(state, SP_ADAPTER_PREFIX, SP_DROPPED_PREFIXES)
-    if not adapter:
-        raise WeightsError(f"{source} has no '{SP_ADAPTER_PREFIX}*' keys: not a Stable-Pose checkpoint")
-    mapping, unmapped = map_conditioned_trunk_keys(list(adapter), sd15_config(model_cfg.base, "unet"))
-    problems = []
-    if unknown:
-        problems.append(f"{len(unknown)} keys outside '{SP_ADAPTER_PREFIX}' that are no known part: "
-                        f"{few(sorted(unknown))}")
-    if unmapped:
-        problems.append(f"{len(unmapped)} adapter keys with no place in our layout: "
-                        f"{few([SP_ADAPTER_PREFIX + k for k in unmapped])}")
-    if problems:
-        raise WeightsError(f"Cannot convert {source}: " + "; ".join(problems) + ". The mapping is "
-                           "grpose.weights.baselines.UNI_KEY_TABLE plus diffusers' ControlNet conversion for the trunk")
-    converted = {ours: adapter[theirs] for ours, theirs in mapping.items()}
-    names = {ours: SP_ADAPTER_PREFIX + theirs for ours, theirs in mapping.items()}
+    converted, names, dropped = prepare_conditioned_trunk(state, SP_ADAPTER_PREFIX, SP_DROPPED_PREFIXES, model_cfg,
+                                                          source, "Stable-Pose")
     return converted, {"mapped": names, "dropped": dropped, "unmapped": []}
 
 
