@@ -16,6 +16,7 @@ SHRINK = [
     "model.pose_stem_channels=[8,16,16]", "model.pose_level_channels=[16,16,32,32]",
     "trainer.precision=32-true", "trainer.accelerator=cpu", "data.dataset=synthetic", "data.resolution=64",
     "loss.pose_perception.network_checkpoint=null", "loss.pose_perception.start_epoch=null",
+    "loss.pose_perception.start_step=null",  # the gradual constraint would keep L_p off in this one step
     "loss.pose_perception.input_size=64",
     # HumanSD's heatmap network: the shipped mini HigherHRNet config, random weights
     "loss.humansd_heatmap.network_config=assets/mini/evaluator/higherhrnet_mini_synthetic.py",
