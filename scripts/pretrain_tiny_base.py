@@ -5,6 +5,8 @@ The result is a diffusers folder (unet/, vae/, text_encoder/, fp16 safetensors) 
 in about 40 minutes on one thread; see docs/mini_world.md for the recorded run.
 
     python scripts/pretrain_tiny_base.py --out assets/mini/base
+    python scripts/pretrain_tiny_base.py --out assets/mini/base --finetune-decoder 1200   # stage 3, in place
+    python scripts/pretrain_tiny_base.py --from-base assets/mini/base --out NEW --unet-steps N  # continue the UNet
 """
 
 from __future__ import annotations
