@@ -29,6 +29,7 @@ from grpose.weights import check_state_dict, load_adapter
 from grpose.weights.baselines import (UNI_OPENPOSE_CHANNELS, convert_baseline_state_dict,
                                       prepare_t2i_adapter_state_dict, prepare_uni_controlnet_state_dict)
 
+from .adapter_checks import assert_identical, perturb, residual_tensors
 from .conftest import TINY_OVERRIDES, load_entry_point
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,26 +58,6 @@ def _inputs(batch: int = 2, seed: int = 1, size: int = 64):
     text = torch.randn(batch, 77, 32, generator=g)  # tiny CLIP width
     pose = torch.rand(batch, 3, size, size, generator=g) * 2 - 1
     return sample, timestep, text, pose
-
-
-def _perturb(adapter, scale=0.05, seed=7):
-    """Nudge every weight (zero convs included) so that residuals are not trivially zero."""
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for p in adapter.parameters():
-            p.add_(scale * torch.randn_like(p))
-    return adapter.eval()
-
-
-@torch.no_grad()
-def _residual_tensors(adapter, inputs):
-    return adapter.eval().residuals(*inputs).tensors()
-
-
-def _assert_identical(a, b):
-    assert len(a) == len(b) and len(a) > 0
-    for x, y in zip(a, b):
-        assert torch.equal(x, y)
 
 
 # ---- the protocol --------------------------------------------------------------------------------------------
@@ -108,8 +89,8 @@ def test_t2i_features_are_never_mutated_and_residuals_serve_several_unet_calls(t
     # the cached features again, at another step: the same features, the same result
     third = tiny_unet(x, t, text, **adapter.residuals(x, t, text, features).unet_kwargs()).sample
     assert torch.equal(first, second) and torch.equal(first, third)
-    _assert_identical(features, kept)
-    _assert_identical(residuals.intrablock, kept)
+    assert_identical(features, kept)
+    assert_identical(residuals.intrablock, kept)
     assert not torch.equal(first, tiny_unet(x, t, text).sample)  # the features do reach the UNet
 
 
@@ -162,10 +143,10 @@ def test_fdn_is_groupnorm_denormalised_by_the_condition():
 
 def test_precomputed_pose_features_give_the_same_residuals(tiny_unet):
     for kind in KINDS:
-        adapter = _perturb(build_adapter(_cfg(kind).model, tiny_unet))
+        adapter = perturb(build_adapter(_cfg(kind).model, tiny_unet))
         x, t, text, pose = _inputs()
         with torch.no_grad():
-            _assert_identical(adapter.residuals(x, t, text, pose).tensors(),
+            assert_identical(adapter.residuals(x, t, text, pose).tensors(),
                               adapter.residuals(x, t, text, adapter.encode_pose(pose)).tensors())
 
 
@@ -231,7 +212,7 @@ def test_train_resume_export_sample_and_evaluate(kind, tmp_path, monkeypatch):
     from_ckpt = load_adapter(run_dir / "checkpoints" / "last.ckpt", expected=cfg.model)
     assert type(exported) is CLASSES[kind] and type(from_ckpt) is CLASSES[kind]
     inputs = _inputs()
-    _assert_identical(_residual_tensors(exported, inputs), _residual_tensors(from_ckpt, inputs))
+    assert_identical(residual_tensors(exported, inputs), residual_tensors(from_ckpt, inputs))
 
     pipe = GRPosePipeline.from_pretrained(None, run_dir / "adapter", arch="tiny", device="cpu")
     images = pipe(["a person"], inputs[3][:1], [5], num_inference_steps=2, progress=False)
@@ -248,16 +229,16 @@ def test_train_resume_export_sample_and_evaluate(kind, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_export_import_round_trip_gives_identical_outputs(kind, tiny_unet, tmp_path):
-    adapter = _perturb(build_adapter(_cfg(kind).model, tiny_unet))
+    adapter = perturb(build_adapter(_cfg(kind).model, tiny_unet))
     adapter.save_pretrained(tmp_path / "exported")
     config = json.loads((tmp_path / "exported" / "config.json").read_text())
     assert config["_class_name"] == CLASSES[kind].__name__
     inputs = _inputs()
-    expected = _residual_tensors(adapter, inputs)
+    expected = residual_tensors(adapter, inputs)
     for loaded in (load_adapter(tmp_path / "exported"), load_adapter(tmp_path / "exported", expected=_cfg(kind).model),
                    CLASSES[kind].from_pretrained(tmp_path / "exported")):
         assert type(loaded) is CLASSES[kind]
-        _assert_identical(_residual_tensors(loaded, inputs), expected)
+        assert_identical(residual_tensors(loaded, inputs), expected)
     other = "uni_controlnet" if kind == "t2i_adapter" else "t2i_adapter"
     with pytest.raises(WeightsError, match="another adapter architecture"):
         load_adapter(tmp_path / "exported", expected=_cfg(other).model)
@@ -274,7 +255,7 @@ def test_a_diffusers_t2i_adapter_folder_loads_directly(safe, tmp_path):
     assert type(loaded) is T2IAdapterBaseline
     pose = _inputs()[3]
     with torch.no_grad():
-        _assert_identical(loaded.encode_pose(pose), original((pose + 1) / 2))  # theirs takes [0, 1]
+        assert_identical(loaded.encode_pose(pose), original((pose + 1) / 2))  # theirs takes [0, 1]
 
 
 # ---- parameter counts at full size (meta device) ---------------------------------------------------------------
@@ -367,10 +348,10 @@ def test_released_t2i_adapter_converts_and_matches_the_original_computation(pref
 
 
 def test_diffusers_layout_t2i_state_dict_converts_too(tiny_unet):
-    adapter = _perturb(build_adapter(_cfg("t2i_adapter").model, tiny_unet))
+    adapter = perturb(build_adapter(_cfg("t2i_adapter").model, tiny_unet))
     converted, report = convert_baseline_state_dict("t2i_adapter", adapter.state_dict(), _cfg("t2i_adapter").model)
     assert report["layout"] == "diffusers"
-    _assert_identical(_residual_tensors(converted, _inputs()), _residual_tensors(adapter, _inputs()))
+    assert_identical(residual_tensors(converted, _inputs()), residual_tensors(adapter, _inputs()))
 
 
 @pytest.mark.parametrize("change, message", [
@@ -465,7 +446,7 @@ def _uni_release(adapter, meta=False):
 
 
 def test_released_uni_controlnet_converts_to_an_identical_adapter(tiny_unet, tmp_path, capsys):
-    adapter = _perturb(build_adapter(_cfg("uni_controlnet").model, tiny_unet))
+    adapter = perturb(build_adapter(_cfg("uni_controlnet").model, tiny_unet))
     release = _uni_release(adapter)
     path = tmp_path / "uni.ckpt"
     torch.save({"state_dict": release}, path)
@@ -479,7 +460,7 @@ def test_released_uni_controlnet_converts_to_an_identical_adapter(tiny_unet, tmp
     printed = capsys.readouterr().out
     assert "unmapped: 0" in printed and "global_adapter." in printed and "openpose" in printed
     converted = load_adapter(tmp_path / "out", expected=_cfg("uni_controlnet").model)
-    _assert_identical(_residual_tensors(converted, _inputs()), _residual_tensors(adapter, _inputs()))
+    assert_identical(residual_tensors(converted, _inputs()), residual_tensors(adapter, _inputs()))
 
 
 def test_keeping_the_openpose_channels_equals_zeros_for_the_other_conditions():

@@ -30,6 +30,7 @@ from grpose.sd15 import build_sd15, sd15_config
 from grpose.weights import check_state_dict, load_adapter
 from grpose.weights.baselines import convert_baseline_state_dict, prepare_stable_pose_state_dict
 
+from .adapter_checks import assert_identical, perturb, residual_tensors
 from .conftest import TINY_OVERRIDES, load_entry_point
 from .test_baselines import _uni_release_key
 
@@ -65,25 +66,6 @@ def _inputs(batch: int = 2, seed: int = 1, size: int = 64):
     timestep = torch.tensor([10, 900])[:batch]
     text = torch.randn(batch, 77, 32, generator=g)  # tiny CLIP width
     return sample, timestep, text, _skeleton_pose(size, batch, seed)
-
-
-def _perturb(adapter, scale=0.05, seed=7):
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for p in adapter.parameters():
-            p.add_(scale * torch.randn_like(p))
-    return adapter.eval()
-
-
-@torch.no_grad()
-def _residual_tensors(adapter, inputs):
-    return adapter.eval().residuals(*inputs).tensors()
-
-
-def _assert_identical(a, b):
-    assert len(a) == len(b) and len(a) > 0
-    for x, y in zip(a, b):
-        assert torch.equal(x, y)
 
 
 # ---- the ViT's pieces ------------------------------------------------------------------------------------------
@@ -226,7 +208,7 @@ def test_masks_are_computed_in_the_adapter_from_the_pose_image(tiny_unet):
     assert len(condition.masks) == 2 and all(m.shape == (2, 16, 16) and m.dtype == torch.bool
                                              for m in condition.masks)
     expected = [token_attention_mask(dilated_pose_mask(pose, (8, 8), k), 2) for k in (23, 13)]
-    _assert_identical(list(condition.masks), expected)
+    assert_identical(list(condition.masks), expected)
     empty = adapter.encode_pose(-torch.ones(1, 3, 64, 64))[0]
     assert not any(m.any() for m in empty.masks)  # no skeleton, no pose token
 
@@ -270,10 +252,10 @@ def test_attn_res_block_order_of_operations():
 
 
 def test_precomputed_condition_gives_the_same_residuals(tiny_unet):
-    adapter = _perturb(build_adapter(_cfg().model, tiny_unet))
+    adapter = perturb(build_adapter(_cfg().model, tiny_unet))
     x, t, text, pose = _inputs()
     with torch.no_grad():
-        _assert_identical(adapter.residuals(x, t, text, pose).tensors(),
+        assert_identical(adapter.residuals(x, t, text, pose).tensors(),
                           adapter.residuals(x, t, text, adapter.encode_pose(pose)).tensors())
         # the masks matter once the weights are trained: a skeleton in one corner masks most token pairs
         corner = -torch.ones_like(pose)
@@ -341,22 +323,22 @@ def test_train_resume_export_and_sample(tmp_path, monkeypatch):
     from_ckpt = load_adapter(run_dir / "checkpoints" / "last.ckpt", expected=cfg.model)
     assert type(exported) is StablePoseAdapter and type(from_ckpt) is StablePoseAdapter
     inputs = _inputs()
-    _assert_identical(_residual_tensors(exported, inputs), _residual_tensors(from_ckpt, inputs))
+    assert_identical(residual_tensors(exported, inputs), residual_tensors(from_ckpt, inputs))
     pipe = GRPosePipeline.from_pretrained(None, run_dir / "adapter", arch="tiny", device="cpu")
     images = pipe(["a person"], inputs[3][:1], [5], num_inference_steps=2, progress=False)
     assert images.shape == (1, 3, 64, 64) and torch.isfinite(images).all()
 
 
 def test_export_import_round_trip_gives_identical_outputs(tiny_unet, tmp_path):
-    adapter = _perturb(build_adapter(_cfg().model, tiny_unet))
+    adapter = perturb(build_adapter(_cfg().model, tiny_unet))
     adapter.save_pretrained(tmp_path / "exported")
     config = json.loads((tmp_path / "exported" / "config.json").read_text())
     assert config["_class_name"] == "StablePoseAdapter"
     inputs = _inputs()
-    expected = _residual_tensors(adapter, inputs)
+    expected = residual_tensors(adapter, inputs)
     for loaded in (load_adapter(tmp_path / "exported"), load_adapter(tmp_path / "exported", expected=_cfg().model)):
         assert type(loaded) is StablePoseAdapter
-        _assert_identical(_residual_tensors(loaded, inputs), expected)
+        assert_identical(residual_tensors(loaded, inputs), expected)
     with pytest.raises(WeightsError, match="another adapter architecture"):
         load_adapter(tmp_path / "exported",
                      expected=load_config(None, [*TINY_OVERRIDES, "model.adapter=uni_controlnet"]).model)
@@ -409,7 +391,7 @@ def _release(adapter, meta=False):
 
 @pytest.mark.parametrize("wrapped", [True, False], ids=["lightning", "bare"])
 def test_released_stable_pose_converts_to_an_identical_adapter(wrapped, tiny_unet, tmp_path, capsys):
-    adapter = _perturb(build_adapter(_cfg().model, tiny_unet))
+    adapter = perturb(build_adapter(_cfg().model, tiny_unet))
     release = _release(adapter)
     assert "stable_pose_adapter.input_blocks.1.0.attn_layer.to_patch_embedding.0.weight" in release
     assert "stable_pose_adapter.input_blocks.1.0.cond_conv.weight" in release
@@ -423,7 +405,7 @@ def test_released_stable_pose_converts_to_an_identical_adapter(wrapped, tiny_une
     assert "unmapped: 0" in capsys.readouterr().out
     converted = load_adapter(tmp_path / "out", expected=_cfg().model)
     assert type(converted) is StablePoseAdapter
-    _assert_identical(_residual_tensors(converted, _inputs()), _residual_tensors(adapter, _inputs()))
+    assert_identical(residual_tensors(converted, _inputs()), residual_tensors(adapter, _inputs()))
 
 
 @pytest.mark.parametrize("change, message", [
