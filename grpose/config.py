@@ -108,6 +108,10 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     scale_lr: bool = False  # lr *= world_size * batch_size * accumulate_grad_batches
     fused: Optional[bool] = None  # fused AdamW; null = automatic (CUDA only)
+    # diffusers' schedule names, stepped every optimizer step over the run's steps (trainer.max_steps, or the
+    # epochs' steps). The paper and ControlNet train at a constant lr.
+    lr_scheduler: str = "constant"
+    lr_warmup_steps: int = 0
 
 
 @dataclass
@@ -217,6 +221,7 @@ _CHOICES = {
     "trainer.logger": ("tensorboard", "csv"),
     "model.frozen_dtype": FROZEN_DTYPES,
     "loss.humansd_heatmap.variant": ("none", "code", "paper"),
+    "optim.lr_scheduler": ("constant", "constant_with_warmup", "cosine", "linear"),
 }
 _GRAPH_NAMES = ("latent", "pose", "fuse")
 
@@ -299,6 +304,8 @@ def validate(cfg: DictConfig) -> None:
     bad_graphs = [g for g in cfg.model.graphs if g not in _GRAPH_NAMES]
     if bad_graphs:
         raise ConfigError(f"model.graphs entries must be among {_GRAPH_NAMES}, got {bad_graphs}")
+    if cfg.optim.lr_warmup_steps < 0:
+        raise ConfigError("optim.lr_warmup_steps must be >= 0")
     if cfg.model.knn_k < 1:
         raise ConfigError("model.knn_k must be >= 1")
     if len(cfg.model.pose_level_channels) != 4 or len(cfg.model.pose_stem_channels) != 3:

@@ -7,6 +7,7 @@ from typing import Any, Optional
 
 import lightning.pytorch as pl
 import torch
+from diffusers.optimization import get_scheduler
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.checkpoint import checkpoint
 
@@ -199,8 +200,14 @@ class GRPoseLitModule(pl.LightningModule):
         fused = optim.fused
         if fused is None:
             fused = torch.cuda.is_available() and self.device.type == "cuda"
-        return torch.optim.AdamW(params, lr=lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay,
-                                 fused=bool(fused))
+        optimizer = torch.optim.AdamW(params, lr=lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay,
+                                      fused=bool(fused))
+        if optim.lr_scheduler == "constant" and not optim.lr_warmup_steps:
+            return optimizer
+        name = "constant_with_warmup" if optim.lr_scheduler == "constant" else optim.lr_scheduler
+        schedule = get_scheduler(name, optimizer, num_warmup_steps=optim.lr_warmup_steps,
+                                 num_training_steps=int(self.trainer.estimated_stepping_batches))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     # ---- sampling ---------------------------------------------------------------------------------------
     def pipeline(self) -> GRPosePipeline:

@@ -72,6 +72,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--prompt-dropout", type=float, default=0.1, help="empty-prompt rate (classifier-free guidance)")
     p.add_argument("--ema-decay", type=float, default=0.998)
     p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--save-every", type=int, default=0, metavar="STEPS",
+                   help="also write the EMA base to --out every STEPS UNet steps, so a stopped run keeps its progress")
     # Sample check
     p.add_argument("--sample-only", action="store_true", help="only draw the sample grid from --out")
     p.add_argument("--sample-steps", type=int, default=25)
@@ -242,7 +244,7 @@ def ema_update(ema: list[torch.Tensor], params: list[torch.Tensor], decay: float
     torch._foreach_lerp_(ema, params, 1.0 - decay)
 
 
-def train_unet(args, means, stds, scale, prompts, gen):
+def train_unet(args, means, stds, scale, prompts, gen, save=None):
     torch.manual_seed(args.seed + 1)
     if args.from_base:
         start = build_sd15(ARCH, args.from_base)
@@ -295,6 +297,8 @@ def train_unet(args, means, stds, scale, prompts, gen):
         # EMA warm-up: early steps average over fewer updates.
         ema_update(ema_params, trained, min(args.ema_decay, (1 + step) / (10 + step)))
         log.add(step, [loss.item()], args.unet_lr * factor)
+        if save is not None and args.save_every and (step + 1) % args.save_every == 0 and step + 1 < args.unet_steps:
+            save(ema_unet, ema_text if train_text else text_encoder)
     log.close()
     if not train_text:
         ema_text = text_encoder
@@ -429,7 +433,8 @@ def main() -> None:
     timings["encode_s"] = time.time() - start
 
     start = time.time()
-    unet, text_encoder, unet_log = train_unet(args, means, stds, scale, prompts, gen)
+    save = lambda unet_now, text_now: save_base(Path(args.out), unet_now, vae, text_now)
+    unet, text_encoder, unet_log = train_unet(args, means, stds, scale, prompts, gen, save)
     timings["unet_s"] = time.time() - start
 
     save_base(Path(args.out), unet, vae, text_encoder)

@@ -1,5 +1,7 @@
 """train.py end to end on the tiny model: run directory, checkpoints, resume, config errors."""
 
+import math
+
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -73,3 +75,28 @@ def test_auto_precision_resolves_at_load_time():
     assert cfg.model.frozen_dtype == "bf16"
     with pytest.raises(ConfigError, match="needs a mixed trainer.precision"):
         load_config("configs/demo.yaml", ["model.frozen_dtype=fp16"])
+
+
+def test_lr_schedule_steps_per_optimizer_step_and_resumes(tmp_path):
+    """optim.lr_scheduler / lr_warmup_steps: diffusers' schedules over trainer.max_steps, restored on resume."""
+    schedule = ["optim.lr=1e-3", "optim.lr_scheduler=cosine", "optim.lr_warmup_steps=2", "trainer.max_steps=6"]
+    run(tmp_path, *schedule)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    cosine = lambda step: 1e-3 * 0.5 * (1 + math.cos(math.pi * (step - 2) / 4))  # noqa: E731  after the warm-up
+    for name, step, lr in (("epoch=0000-step=0000002.ckpt", 2, cosine(2)), ("last.ckpt", 6, cosine(6))):
+        saved = torch.load(checkpoints / name, map_location="cpu", weights_only=False)
+        assert saved["lr_schedulers"][0]["last_epoch"] == step
+        assert saved["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(lr, abs=1e-12)
+
+    # From step 2 again: a scheduler built afresh instead of restored would end 4 steps later, at cosine(4).
+    trainer = run(tmp_path, *schedule, resume=str(checkpoints / "epoch=0000-step=0000002.ckpt"))
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(cosine(6), abs=1e-12)
+    assert trainer.lr_scheduler_configs[0].scheduler.last_epoch == 6
+
+
+def test_constant_lr_has_no_scheduler(tiny_cfg):
+    from grpose.lit_module import GRPoseLitModule
+
+    assert isinstance(GRPoseLitModule.from_config(tiny_cfg()).configure_optimizers(), torch.optim.AdamW)
+    with pytest.raises(ConfigError, match="optim.lr_scheduler='step' is not one of"):
+        load_config("configs/demo.yaml", ["optim.lr_scheduler=step"])
