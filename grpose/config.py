@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from .errors import ConfigError
+from .losses.diffusion import TIMESTEP_SAMPLINGS
 from .precision import FROZEN_DTYPES, TRAINER_PRECISIONS, resolve_precision
 from .sd15.configs import ARCHS, size_multiple, vae_downsampling
 
@@ -94,6 +95,8 @@ class HumanSDHeatmapConfig:
 
 @dataclass
 class LossConfig:
+    # uniform: t ~ U{0..T-1} (SD, the paper); cubic: T2I-Adapter's t = (1 - u^3) T, most updates on noisy steps
+    timesteps: str = "uniform"
     pose_mask_weight: float = 1.0  # weight of skeleton-covered latent cells (5.0 in the release; 1.0 = off)
     pose_mask_kernel: int = 13
     pose_mask_sigma: float = 3.0
@@ -221,6 +224,7 @@ _CHOICES = {
     "trainer.logger": ("tensorboard", "csv"),
     "model.frozen_dtype": FROZEN_DTYPES,
     "loss.humansd_heatmap.variant": ("none", "code", "paper"),
+    "loss.timesteps": TIMESTEP_SAMPLINGS,
     "optim.lr_scheduler": ("constant", "constant_with_warmup", "cosine", "linear"),
 }
 _GRAPH_NAMES = ("latent", "pose", "fuse")

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.checkpoint import checkpoint
 
 from .errors import ConfigError
-from .losses.diffusion import diffusion_loss, pose_region_mask
+from .losses.diffusion import diffusion_loss, pose_region_mask, sample_timesteps
 from .models.adapter import build_adapter
 from .pipeline import GRPosePipeline, sampling_options
 from .precision import torch_dtype
@@ -143,8 +143,8 @@ class GRPoseLitModule(pl.LightningModule):
             latents = posterior.sample(generator) * self.sd.vae_scale_factor
             text = encode_prompts(self.sd, list(batch["prompt"]))
         noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
-        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
-                                  generator=generator, device=latents.device)
+        timesteps = sample_timesteps(latents.shape[0], self.noise_scheduler.config.num_train_timesteps,
+                                     self.loss_cfg.timesteps, generator, latents.device)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
 
         noise_pred = self.adapter.predict_noise(self.unet, noisy, timesteps, text, hint, generator=generator)

@@ -90,3 +90,28 @@ def test_sampling_is_seeded_per_image(tiny_cfg, synthetic_batch):
     one = module.sample(batch["prompt"][1:2], batch["hint"][1:2], seeds=[6])
     assert all3.shape == (3, 3, 64, 64)
     torch.testing.assert_close(all3[1:2], one, atol=1e-5, rtol=1e-4)
+
+
+def test_timestep_sampling_uniform_and_cubic():
+    from grpose.losses.diffusion import sample_timesteps
+
+    draw = lambda sampling: sample_timesteps(200_000, 1000, sampling, torch.Generator().manual_seed(0))  # noqa: E731
+    uniform, cubic = draw("uniform"), draw("cubic")
+    for t in (uniform, cubic):
+        assert t.dtype == torch.int64 and int(t.min()) == 0 and int(t.max()) == 999
+    assert float((uniform >= 500).float().mean()) == pytest.approx(0.5, abs=0.01)
+    # t = (1 - u^3) T: P(t >= T/2) = P(u <= 0.5 ** (1/3)) = 0.794, P(t < 100) = 1 - 0.9 ** (1/3) = 0.035
+    assert float((cubic >= 500).float().mean()) == pytest.approx(0.5 ** (1 / 3), abs=0.01)
+    assert float((cubic < 100).float().mean()) == pytest.approx(1 - 0.9 ** (1 / 3), abs=0.005)
+    assert torch.equal(cubic, draw("cubic"))  # the generator makes a training step reproducible
+
+
+def test_training_step_uses_the_configured_timestep_sampling(tiny_cfg, synthetic_batch, monkeypatch):
+    import grpose.lit_module as lit
+
+    seen = []
+    original = lit.sample_timesteps
+    monkeypatch.setattr(lit, "sample_timesteps", lambda *a, **k: seen.append(a[2]) or original(*a, **k))
+    module = GRPoseLitModule.from_config(tiny_cfg("loss.timesteps=cubic"))
+    module.compute_loss(synthetic_batch(2))
+    assert seen == ["cubic"]

@@ -32,3 +32,22 @@ def diffusion_loss(noise_pred: torch.Tensor, noise: torch.Tensor, region_mask: t
         mask = region_mask.float()
         error = error * (region_weight * mask + (1.0 - mask))
     return error.mean(dim=(1, 2, 3))
+
+
+TIMESTEP_SAMPLINGS = ("uniform", "cubic")
+
+
+def sample_timesteps(batch_size: int, num_train_timesteps: int, sampling: str = "uniform",
+                     generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Training timesteps, [B] int64 in [0, T).
+
+    ``uniform``: t ~ U{0..T-1}, SD's and the paper's objective (eq. 1). ``cubic``: t = floor((1 - u^3) T) with
+    u ~ U(0, 1), T2I-Adapter's non-uniform sampling (T2I-Adapter paper, section 3.4): P(t > T/2) = 0.79 instead of
+    0.5, so an adapter spends most of its updates on the noisy steps where the layout, and so the pose, is decided.
+    """
+    if sampling == "uniform":
+        return torch.randint(0, num_train_timesteps, (batch_size,), generator=generator, device=device)
+    if sampling == "cubic":
+        u = torch.rand(batch_size, generator=generator, device=device)
+        return ((1 - u ** 3) * num_train_timesteps).long().clamp_(0, num_train_timesteps - 1)
+    raise ValueError(f"unknown timestep sampling {sampling!r}; use one of {', '.join(TIMESTEP_SAMPLINGS)}")
