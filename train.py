@@ -64,7 +64,10 @@ def main(argv: Optional[list[str]] = None) -> pl.Trainer:
     callbacks = [
         ModelCheckpoint(dirpath=checkpoint_dir, filename="{epoch:04d}-{step:07d}", save_top_k=-1, save_last=True,
                         every_n_epochs=t.checkpoint_every_n_epochs if not t.checkpoint_every_n_steps else None,
-                        every_n_train_steps=t.checkpoint_every_n_steps),
+                        every_n_train_steps=t.checkpoint_every_n_steps,
+                        # A resumed run whose checkpoint cadence changed would otherwise write last-v1.ckpt and
+                        # leave last.ckpt behind at the old step, where the next --resume last would start.
+                        enable_version_counter=False),
         LearningRateMonitor(logging_interval="step"),
         SampleGridCallback(run_dir / "samples", t.sample_every_n_steps, cfg.sampling.num_images),
         ExportAdapterCallback(run_dir / "adapter"),

@@ -100,3 +100,11 @@ def test_constant_lr_has_no_scheduler(tiny_cfg):
     assert isinstance(GRPoseLitModule.from_config(tiny_cfg()).configure_optimizers(), torch.optim.AdamW)
     with pytest.raises(ConfigError, match="optim.lr_scheduler='step' is not one of"):
         load_config("configs/demo.yaml", ["optim.lr_scheduler=step"])
+
+
+def test_resume_with_another_checkpoint_cadence_keeps_last_ckpt_current(tmp_path):
+    run(tmp_path, "trainer.max_steps=4")
+    run(tmp_path, "trainer.max_steps=6", "trainer.checkpoint_every_n_steps=3", resume="last")
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert not list(checkpoints.glob("last-v*.ckpt"))
+    assert torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=False)["global_step"] == 6
