@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.functional import gaussian_blur
 
+from ..errors import ConfigError
+
 # A blurred black (-1) background can land a hair above -1 in float32, so a pixel
 # counts as skeleton only clearly above it.
 _BACKGROUND_MARGIN = 1e-3
@@ -50,4 +52,4 @@ def sample_timesteps(batch_size: int, num_train_timesteps: int, sampling: str = 
     if sampling == "cubic":
         u = torch.rand(batch_size, generator=generator, device=device)
         return ((1 - u ** 3) * num_train_timesteps).long().clamp_(0, num_train_timesteps - 1)
-    raise ValueError(f"unknown timestep sampling {sampling!r}; use one of {', '.join(TIMESTEP_SAMPLINGS)}")
+    raise ConfigError(f"loss.timesteps={sampling!r} is not one of {', '.join(TIMESTEP_SAMPLINGS)}")
