@@ -18,6 +18,7 @@ from grpose.sd15 import build_sd15, sd15_config
 from grpose.weights import check_state_dict, load_adapter
 from grpose.weights.baselines import convert_baseline_state_dict, prepare_controlnet_state_dict
 
+from .adapter_checks import perturb, residual_tensors
 from .conftest import TINY_OVERRIDES, load_entry_point
 from .test_baselines import _uni_release_key
 
@@ -38,18 +39,8 @@ def _inputs(batch: int = 2, seed: int = 1, size: int = 64):
             torch.randn(batch, 77, 32, generator=g), torch.rand(batch, 3, size, size, generator=g) * 2 - 1)
 
 
-def _perturbed(tiny_unet, seed=7):
-    adapter = build_adapter(_cfg().model, tiny_unet)
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for p in adapter.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return adapter.eval()
-
-
-@torch.no_grad()
-def _residuals(adapter, inputs):
-    return adapter.eval().residuals(*inputs).tensors()
+def _perturbed(tiny_unet):
+    return perturb(build_adapter(_cfg().model, tiny_unet))
 
 
 def _assert_same_outputs(a, b):
@@ -113,7 +104,7 @@ def test_released_controlnet_converts_to_an_identical_adapter(version, tiny_unet
     converted = load_adapter(tmp_path / "out", expected=_cfg().model)
     assert type(converted) is ControlNetBaseline
     _assert_same_weights(converted, adapter)
-    _assert_same_outputs(_residuals(converted, _inputs()), _residuals(adapter, _inputs()))
+    _assert_same_outputs(residual_tensors(converted, _inputs()), residual_tensors(adapter, _inputs()))
 
 
 def test_a_diffusers_controlnet_folder_loads_directly_and_re_saves(tiny_unet, tmp_path):
@@ -136,7 +127,7 @@ def test_a_diffusers_controlnet_folder_loads_directly_and_re_saves(tiny_unet, tm
     x, t, text, pose = _inputs()
     with torch.no_grad():
         down, mid = original(x, t, text, controlnet_cond=(pose + 1) / 2, return_dict=False)  # theirs takes [0, 1]
-        _assert_same_outputs(_residuals(loaded, _inputs()), [*down, mid])
+        _assert_same_outputs(residual_tensors(loaded, _inputs()), [*down, mid])
     _assert_same_weights(loaded, adapter)
     report = load_entry_point("scripts/convert_baseline_ckpt.py").main(
         ["controlnet", str(tmp_path / "hub"), str(tmp_path / "out"), *TINY_OVERRIDES])
