@@ -314,9 +314,19 @@ def save_base(out: Path, unet, vae, text_encoder) -> None:
     """fp16 safetensors keep the folder small; build_sd15 casts every part back to float32 on load."""
     out.mkdir(parents=True, exist_ok=True)
     for name, module in (("unet", unet), ("vae", vae), ("text_encoder", text_encoder)):
-        half = copy.deepcopy(module)
-        torch.nn.Module.to(half, dtype=torch.float16)
-        half.save_pretrained(str(out / name), safe_serialization=True)
+        save_half(module, out / name)
+
+
+def save_half(module: torch.nn.Module, folder: Path) -> None:
+    """An fp16 copy of `module` as a diffusers / transformers folder. diffusers writes the folder a model was loaded
+    from (`_name_or_path`) into its config; it is dropped, so a shipped base carries no path of this machine."""
+    half = copy.deepcopy(module)
+    torch.nn.Module.to(half, dtype=torch.float16)
+    half.save_pretrained(str(folder), safe_serialization=True)
+    config_file = folder / "config.json"
+    config = json.loads(config_file.read_text())
+    if config.pop("_name_or_path", None) is not None:
+        config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def _caption_tile(text: str, width: int, lines: int = 4) -> Image.Image:
@@ -401,9 +411,7 @@ def main() -> None:
         start = time.time()
         log = finetune_decoder(args, vae, images, gen)
         print(json.dumps({"decoder_s": round(time.time() - start, 1), "final": log.rows[-1]}))
-        half = copy.deepcopy(vae)
-        torch.nn.Module.to(half, dtype=torch.float16)
-        half.save_pretrained(str(Path(args.out) / "vae"), safe_serialization=True)
+        save_half(vae, Path(args.out) / "vae")
         sample_grid(args)
         return
     timings = {}

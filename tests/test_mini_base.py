@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,8 @@ def test_shipped_folder_is_small_and_complete():
     names = {str(p.relative_to(BASE)) for p in files}
     assert {"unet/config.json", "vae/config.json", "text_encoder/config.json"} <= names
     assert sum(p.stat().st_size for p in files) < MAX_SHIPPED_BYTES
+    for config in BASE.glob("*/config.json"):  # no path of the machine that trained it
+        assert "_name_or_path" not in json.loads(config.read_text()), config
 
 
 def test_loads_like_sd15_frozen_float32(mini):
