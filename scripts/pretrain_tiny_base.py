@@ -72,6 +72,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--prompt-dropout", type=float, default=0.1, help="empty-prompt rate (classifier-free guidance)")
     p.add_argument("--ema-decay", type=float, default=0.998)
     p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--stop-after", type=int, default=0, metavar="STEPS",
+                   help="end the UNet stage after its first STEPS steps (the learning rate follows the --unet-steps "
+                        "schedule and never reaches its end)")
     p.add_argument("--save-every", type=int, default=0, metavar="STEPS",
                    help="also write the EMA base to --out every STEPS UNet steps, so a stopped run keeps its progress")
     # Sample check
@@ -80,7 +83,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--guidance", type=float, default=5.0)
     p.add_argument("--grid-captions", type=int, default=8)
     p.add_argument("--grid-seeds", type=int, default=3)
-    return p.parse_args()
+    args = p.parse_args()
+    if not 0 <= args.stop_after <= args.unet_steps:
+        p.error(f"--stop-after {args.stop_after} must lie between 0 and --unet-steps {args.unet_steps}")
+    return args
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -273,7 +279,8 @@ def train_unet(args, means, stds, scale, prompts, gen, save=None):
 
     log = CurveLog(Path(args.log_dir) / "mini_base_unet_loss.csv", ["mse"])
     n = means.shape[0]
-    for step in tqdm(range(args.unet_steps), desc="UNet"):
+    steps = args.stop_after or args.unet_steps
+    for step in tqdm(range(steps), desc="UNet"):
         idx = torch.randint(0, n, (args.unet_batch,), generator=gen)
         z0 = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen)) * scale
         noise = torch.randn(z0.shape, generator=gen)
@@ -297,7 +304,7 @@ def train_unet(args, means, stds, scale, prompts, gen, save=None):
         # EMA warm-up: early steps average over fewer updates.
         ema_update(ema_params, trained, min(args.ema_decay, (1 + step) / (10 + step)))
         log.add(step, [loss.item()], args.unet_lr * factor)
-        if save is not None and args.save_every and (step + 1) % args.save_every == 0 and step + 1 < args.unet_steps:
+        if save is not None and args.save_every and (step + 1) % args.save_every == 0 and step + 1 < steps:
             save(ema_unet, ema_text if train_text else text_encoder)
     log.close()
     if not train_text:
