@@ -48,9 +48,11 @@ def _residuals(adapter, inputs):
 
 
 def _assert_same_residuals(a, b):
+    """Same function: the weights are compared bit for bit elsewhere; the outputs to rounding, because CPU kernels
+    may sum in another order for differently aligned copies of the same weights (seen with OMP_NUM_THREADS=1)."""
     assert len(a) == len(b) == 13
     for x, y in zip(a, b):
-        assert torch.equal(x, y)
+        torch.testing.assert_close(x, y)  # float32 defaults: rtol 1.3e-6, atol 1e-5
 
 
 @pytest.fixture(scope="module")
