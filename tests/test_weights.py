@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 import prepare_weights
 import train
+from tests.adapter_checks import residual_tensors
 from tests.conftest import TINY_OVERRIDES
 from grpose.config import load_config
 from grpose.lit_module import GRPoseLitModule
@@ -38,13 +39,6 @@ def _inputs(batch: int = 2, seed: int = 1):
     text = torch.randn(batch, 77, 32, generator=g)  # tiny CLIP width
     pose = torch.rand(batch, 3, 64, 64, generator=g) * 2 - 1
     return sample, timestep, text, pose
-
-
-@torch.no_grad()
-def _residuals(adapter, inputs):
-    adapter.eval()
-    down, mid = adapter(*inputs)
-    return [*down, mid]
 
 
 def _assert_same_residuals(a, b):
@@ -122,7 +116,7 @@ def test_prepared_adapter_leaves_the_unet_untouched_at_init(tmp_path, tiny_sd_fo
     assert torch.equal(module.adapter.conv_in.weight, module.unet.conv_in.weight)
 
     sample, timestep, text, pose = _inputs()
-    residuals = _residuals(module.adapter, (sample, timestep, text, pose))
+    residuals = residual_tensors(module.adapter, (sample, timestep, text, pose))
     assert all(r.abs().sum() == 0 for r in residuals)
     with torch.no_grad():
         plain = module.unet(sample, timestep, encoder_hidden_states=text).sample
@@ -191,7 +185,7 @@ def test_export_import_round_trip_gives_identical_residuals(tmp_path, request, k
     reference = GRPoseLitModule.from_config(load_config(None, TINY_OVERRIDES + [f"model.adapter={kind}"]))
     reference.load_state_dict(checkpoint["state_dict"])
     inputs = _inputs()
-    expected = _residuals(reference.adapter, inputs)
+    expected = residual_tensors(reference.adapter, inputs)
     assert any(r.abs().sum() > 0 for r in expected)  # a trained adapter, not the zero-initialised one
 
     out_dir = tmp_path / "exported"
@@ -203,7 +197,7 @@ def test_export_import_round_trip_gives_identical_residuals(tmp_path, request, k
         assert type(loaded) is cls
         state = loaded.state_dict()
         assert all(torch.equal(state[k[len("adapter."):]], v) for k, v in checkpoint["state_dict"].items())
-        _assert_same_residuals(_residuals(loaded, inputs), expected)
+        _assert_same_residuals(residual_tensors(loaded, inputs), expected)
 
     with pytest.raises(FileExistsError, match="--force"):
         export.main([str(ckpt), str(out_dir)])
@@ -309,7 +303,8 @@ def test_release_checkpoint_converts_to_an_identical_adapter(tmp_path, release_m
     state = converted.state_dict()
     assert all(torch.allclose(state[k], v, atol=1e-6) for k, v in adapter.state_dict().items())
     inputs = _inputs()
-    for got, want in zip(_residuals(converted, inputs), _residuals(adapter, inputs)):  # folding rounds in float32
+    # folding rounds in float32
+    for got, want in zip(residual_tensors(converted, inputs), residual_tensors(adapter, inputs)):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
     printed = capsys.readouterr().out
     assert f"mapped: {len(state) + n_graphs} tensors" in printed and "mmpose_model." in printed
