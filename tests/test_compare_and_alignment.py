@@ -213,3 +213,29 @@ def test_bar_chart_falls_back_to_inline_svg(two_runs, tmp_path, monkeypatch):
     assert "<svg" in page and "ap_by_scenario.png" not in page and page.count('class="pair"') == 2
     assert "The worst 2 of 6 images are shown." in page
     assert len(list((index.parent / "images").glob("*.jpg"))) == 2  # rows of the earlier report removed
+
+
+def test_keypoint_errors_per_joint():
+    from grpose.eval.alignment_report import keypoint_errors
+
+    gt = np.zeros((17, 3))
+    gt[:, 0], gt[:, 1], gt[:, 2] = np.linspace(10, 50, 17), np.linspace(20, 100, 17), 1
+    gt[16, 2] = 0  # right ankle not in the condition
+    found = gt.copy()
+    found[0, 0] += 3.0  # nose 3 px off
+    found[15] = 0.0  # left ankle not found
+    decoy = gt.copy()
+    decoy[:, :2] += 40  # a worse detection: the best-OKS one is matched
+    rows = keypoint_errors([gt[None], gt[None]], [[(decoy, 0.9), (found, 0.5)], []])  # second image: nothing found
+    by_name = {r["name"]: r for r in rows}
+    assert [r["name"] for r in rows][:2] == ["nose", "left_eye"]
+    assert by_name["nose"]["present"] == 2 and by_name["nose"]["missed"] == 0.5
+    assert by_name["nose"]["median_px"] == pytest.approx(3.0) and by_name["left_eye"]["median_px"] == 0.0
+    assert by_name["left_ankle"]["missed"] == 1.0 and by_name["left_ankle"]["median_px"] is None
+    assert by_name["right_ankle"]["present"] == 0 and by_name["right_ankle"]["missed"] is None
+
+
+def test_alignment_report_has_the_keypoint_table(two_runs):
+    out, _ = two_runs
+    page = (out / "shifted" / "alignment" / "index.html").read_text()
+    assert "<h2>Per keypoint</h2>" in page and "<td>left_ankle</td>" in page

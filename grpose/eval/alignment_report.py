@@ -1,6 +1,7 @@
 """A run's visual alignment report: a static HTML page (`outputs/<run>/alignment/index.html`, images referenced
 relatively) with, per generated image, the conditioning skeleton and the detected skeleton over it and its
-per-image OKS, worst first, plus a bar chart of AP per scenario. Also the run's stored detections
+per-image OKS, worst first, a bar chart of AP per scenario and a per-keypoint table of missed keypoints and pixel
+errors. Also the run's stored detections
 (`detections.json`), which the report is drawn from.
 """
 
@@ -17,7 +18,7 @@ import numpy as np
 
 from grpose.errors import MissingFileError
 from grpose.data.skeleton import overlay_pose, render_skeleton
-from grpose.eval.pose_metrics import COCO17_SIGMAS
+from grpose.eval.pose_metrics import COCO17_KEYPOINT_NAMES, COCO17_SIGMAS
 
 DETECTIONS_VERSION = 1
 
@@ -73,6 +74,55 @@ def image_oks(gt_persons: np.ndarray, detections: Sequence[Any]) -> Optional[flo
         return None
     best = [max((oks(p, np.asarray(k)) for k, _ in detections), default=0.0) for p in persons]
     return float(np.mean(best))
+
+
+def keypoint_errors(gt_images: Sequence[np.ndarray], detections: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
+    """Where the keypoints miss, per COCO keypoint, over every conditioning person of every image.
+
+    Each person is matched with its best-OKS detection in its image (as in `image_oks`). For each keypoint the
+    person has: `missed` is the fraction of those keypoints the match lacks (no detection in the image, or the
+    keypoint at confidence 0), `median_px` / `p90_px` the median and 90th percentile of the distance in pixels
+    where the match has it (None when it never does). Returns one dict per keypoint, in COCO order, with `name`
+    and `present` (how many conditioning persons have that keypoint)."""
+    distances: list[list[float]] = [[] for _ in COCO17_KEYPOINT_NAMES]
+    present = np.zeros(len(COCO17_KEYPOINT_NAMES), dtype=int)
+    missed = np.zeros(len(COCO17_KEYPOINT_NAMES), dtype=int)
+    for gt_persons, dets in zip(gt_images, detections):
+        found = [np.asarray(k, dtype=np.float64) for k, _ in dets]
+        for person in np.asarray(gt_persons, dtype=np.float64).reshape(-1, 17, 3):
+            has = person[:, 2] > 0
+            if not has.any():
+                continue
+            match = max(found, key=lambda k: oks(person, k), default=None)
+            for j in np.flatnonzero(has):
+                present[j] += 1
+                if match is None or match[j, 2] <= 0:
+                    missed[j] += 1
+                else:
+                    distances[j].append(float(np.hypot(*(match[j, :2] - person[j, :2]))))
+    rows = []
+    for j, name in enumerate(COCO17_KEYPOINT_NAMES):
+        d = np.asarray(distances[j])
+        rows.append({"name": name, "present": int(present[j]),
+                     "missed": float(missed[j] / present[j]) if present[j] else None,
+                     "median_px": float(np.median(d)) if d.size else None,
+                     "p90_px": float(np.percentile(d, 90)) if d.size else None})
+    return rows
+
+
+def _keypoint_table(rows: Sequence[dict[str, Any]]) -> str:
+    def number(value: Optional[float], fmt: str) -> str:
+        return "n/a" if value is None else format(value, fmt)
+
+    lines = ["<table><tr><th>keypoint</th><th>conditioning persons with it</th><th>missed</th>"
+             "<th>median error (px)</th><th>90th percentile (px)</th></tr>"]
+    for row in rows:
+        lines.append(f"<tr><td>{row['name']}</td><td class=\"num\">{row['present']}</td>"
+                     f"<td class=\"num\">{number(None if row['missed'] is None else 100 * row['missed'], '.0f')} %</td>"
+                     f"<td class=\"num\">{number(row['median_px'], '.1f')}</td>"
+                     f"<td class=\"num\">{number(row['p90_px'], '.1f')}</td></tr>")
+    lines.append("</table>")
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------------- drawing
@@ -217,6 +267,7 @@ def write_alignment_report(run_dir: Path, report: dict[str, Any], records: Seque
     values = [None if scen[n].get("AP") is None else 100.0 * scen[n]["AP"] for n in names]
     halves = [((scen_iv.get(n) or {}).get("AP") or {}).get("half_width") for n in names]
     chart = _bar_chart(names, values, halves, folder) if names else "<p>No scenario has enough images.</p>"
+    keypoints = _keypoint_table(keypoint_errors([r[2] for r in rows], [r[3] for r in rows]))
     mean_oks = [r[0] for r in rows if r[0] is not None]
     table1 = report.get("table1") or {}
     ap = table1.get("AP")
@@ -231,6 +282,11 @@ def write_alignment_report(run_dir: Path, report: dict[str, Any], records: Seque
 <p>{head}</p>
 <h2>AP per scenario</h2>
 {chart}
+<h2>Per keypoint</h2>
+<p class="note">Every conditioning person is matched with its best-OKS detection. Missed: the share of the
+conditioning keypoints that match lacks (no detection, or that keypoint not found); errors: distance in pixels of
+the generated image where the match has the keypoint, over all images of the run.</p>
+{keypoints}
 <h2>Images, worst aligned first</h2>
 <p class="note">Left: the generated image (dimmed) with its conditioning skeleton. Right: the same image with the
 skeletons the pose evaluator detected. OKS: for each conditioning person the best COCO OKS over the detections
