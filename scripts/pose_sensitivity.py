@@ -3,8 +3,9 @@
     python scripts/pose_sensitivity.py --config configs/demo.yaml --ckpt experiments/demo/adapter
     python scripts/pose_sensitivity.py --config configs/mini/graphs_0.yaml --ckpt ... --samples 16 --timesteps 999 500
 
-For every residual the adapter adds to the frozen UNet (the skips of the down blocks, then the middle block) it
-prints, over the first `--samples` test samples (noised real latents at each `--timesteps` value, their captions):
+For every residual the adapter adds to the frozen UNet (the down blocks' skips, the middle block; T2I-Adapter's
+features after each down block) it prints, over the first `--samples` test samples (noised real latents at each
+`--timesteps` value, their captions):
 
     pose share = RMS(r(pose) - r(blank)) / RMS(r(pose))
 

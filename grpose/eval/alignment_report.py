@@ -1,8 +1,7 @@
 """A run's visual alignment report: a static HTML page (`outputs/<run>/alignment/index.html`, images referenced
 relatively) with, per generated image, the conditioning skeleton and the detected skeleton over it and its
 per-image OKS, worst first, a bar chart of AP per scenario and a per-keypoint table of missed keypoints and pixel
-errors. Also the run's stored detections
-(`detections.json`), which the report is drawn from.
+errors. Also the run's stored detections (`detections.json`), which the report is drawn from.
 """
 
 from __future__ import annotations
