@@ -32,7 +32,7 @@ from grpose.data.datamodule import PoseDataModule, collate_pose_batch
 from grpose.data.skeleton import pose_image_to_tensor, render_skeleton
 from grpose.errors import ConfigError
 from grpose.lit_module import GRPoseLitModule
-from grpose.sd15 import encode_prompts
+from grpose.sd15 import SD15_SCHEDULE, encode_prompts
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -55,9 +55,10 @@ def _rms(t: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def pose_shares(module: GRPoseLitModule, batch: dict, timesteps: Sequence[int], seed: int = 0) -> dict:
-    """{timestep: [pose share of each residual]} (see the module doc) for one batch of test samples, and under
-    "residual" the residuals' labels."""
+def pose_shares(module: GRPoseLitModule, batch: dict, timesteps: Sequence[int], seed: int = 0
+                ) -> tuple[list[str], dict[int, list[float]]]:
+    """(the residuals' labels, {timestep: [pose share of each residual]}) (see the module doc) for one batch of
+    test samples."""
     method = module.model_cfg.adapter
     if module.adapter is None or method == "humansd":
         raise ConfigError(f"model.adapter={method} adds no residuals to the frozen UNet; the pose share is defined "
@@ -70,16 +71,17 @@ def pose_shares(module: GRPoseLitModule, batch: dict, timesteps: Sequence[int], 
     height, width = hint.shape[-2:]
     blank = pose_image_to_tensor(render_skeleton(np.zeros((0, 17, 3)), height, width))
     blank = blank[None].expand_as(hint).contiguous()
-    shares: dict[str, list[float]] = {}
+    names: list[str] = []
+    shares: dict[int, list[float]] = {}
     for t in timesteps:
         noise = torch.randn(latents.shape, generator=generator)
         step = torch.full((latents.shape[0],), int(t), dtype=torch.long)
         noisy = module.noise_scheduler.add_noise(latents, noise, step)
         with_pose = adapter.residuals(noisy, step, text, adapter.encode_pose(hint))
         without = adapter.residuals(noisy, step, text, adapter.encode_pose(blank))
-        shares["residual"] = residual_names(with_pose)
+        names = residual_names(with_pose)
         shares[int(t)] = [_rms(a - b) / max(_rms(a), 1e-12) for a, b in zip(with_pose.tensors(), without.tensors())]
-    return shares
+    return names, shares
 
 
 def residual_names(residuals) -> list[str]:
@@ -88,30 +90,28 @@ def residual_names(residuals) -> list[str]:
             *(f"intrablock {i}" for i in range(len(residuals.intrablock or ())))]
 
 
-def render(shares: dict) -> str:
-    names = shares["residual"]
+def render(names: Sequence[str], shares: dict[int, list[float]]) -> str:
     lines = ["| timestep | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for t, values in shares.items():
-        if t == "residual":
-            continue
         lines.append(f"| {t} | " + " | ".join(f"{v:.2f}" for v in values) + " |")
     return "\n".join(lines) + "\n"
 
 
-def main(argv: Optional[Sequence[str]] = None) -> dict:
+def main(argv: Optional[Sequence[str]] = None) -> tuple[list[str], dict[int, list[float]]]:
     args = parse_args(argv)
-    if any(not 0 <= t < 1000 for t in args.timesteps):
-        raise ConfigError(f"--timesteps {args.timesteps}: each must be in 0..999")
+    last = SD15_SCHEDULE["num_train_timesteps"] - 1
+    if any(not 0 <= t <= last for t in args.timesteps):
+        raise ConfigError(f"--timesteps {args.timesteps}: each must be in 0..{last}")
     cfg = load_config(args.config, args.overrides)
     module = GRPoseLitModule.from_config(cfg)
     module.load_adapter_weights(args.ckpt)
     dataset = PoseDataModule(cfg.data).test_dataset()
     count = min(args.samples, len(dataset))
     batch = collate_pose_batch([dataset[i] for i in range(count)])
-    shares = pose_shares(module, batch, args.timesteps, args.seed)
+    names, shares = pose_shares(module, batch, args.timesteps, args.seed)
     print(f"pose share of each residual of {args.ckpt} ({count} test samples; 0 = pose-blind, 1 = all pose)\n")
-    print(render(shares))
-    return shares
+    print(render(names, shares))
+    return names, shares
 
 
 if __name__ == "__main__":

@@ -29,13 +29,13 @@ def demo_batch():
 def test_untrained_adapter_is_pose_blind(probe, demo_batch):
     cfg, batch = demo_batch
     torch.manual_seed(0)
-    shares = probe.pose_shares(GRPoseLitModule.from_config(cfg), batch, [500])
-    assert shares["residual"] == [*(f"down {i}" for i in range(12)), "mid"]
+    names, shares = probe.pose_shares(GRPoseLitModule.from_config(cfg), batch, [500])
+    assert names == [*(f"down {i}" for i in range(12)), "mid"]
     assert max(shares[500]) == 0.0  # every residual zero-conv'd at init
 
 
 def test_shipped_adapter_uses_the_pose(probe, capsys):
-    shares = probe.main(["--config", str(REPO / "configs/demo.yaml"), "--ckpt", str(REPO / "assets/mini/grpose_adapter"),
+    _, shares = probe.main(["--config", str(REPO / "configs/demo.yaml"), "--ckpt", str(REPO / "assets/mini/grpose_adapter"),
                          "--samples", "2", "--timesteps", "500"])
     values = shares[500]
     assert values[0] == pytest.approx(0.0, abs=1e-6)  # conv_in's residual: the pose enters at the first PGI

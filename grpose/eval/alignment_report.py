@@ -65,20 +65,26 @@ def oks(gt: np.ndarray, dt: np.ndarray, sigmas: np.ndarray = COCO17_SIGMAS) -> f
     return float(np.exp(-e).mean())
 
 
+def best_match(person: np.ndarray, detections: Sequence[Any]) -> tuple[float, Optional[np.ndarray]]:
+    """The detection [17, 3] with the highest OKS against one conditioning person, and that OKS; (0.0, None) when
+    the image has no detection. The one matching rule of the per-image OKS and the per-keypoint table."""
+    scored = [(oks(person, np.asarray(k, dtype=np.float64)), np.asarray(k, dtype=np.float64)) for k, _ in detections]
+    return max(scored, key=lambda pair: pair[0], default=(0.0, None))
+
+
 def image_oks(gt_persons: np.ndarray, detections: Sequence[Any]) -> Optional[float]:
     """Per-image alignment: for each conditioning person, the best OKS over the image's detections (0 when there
     is none), averaged over the persons. None for an image without a conditioning person."""
     persons = [p for p in np.asarray(gt_persons, dtype=np.float64).reshape(-1, 17, 3) if (p[:, 2] > 0).any()]
     if not persons:
         return None
-    best = [max((oks(p, np.asarray(k)) for k, _ in detections), default=0.0) for p in persons]
-    return float(np.mean(best))
+    return float(np.mean([best_match(p, detections)[0] for p in persons]))
 
 
 def keypoint_errors(gt_images: Sequence[np.ndarray], detections: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
     """Where the keypoints miss, per COCO keypoint, over every conditioning person of every image.
 
-    Each person is matched with its best-OKS detection in its image (as in `image_oks`). For each keypoint the
+    Each person is matched with its best-OKS detection in its image (`best_match`). For each keypoint the
     person has: `missed` is the fraction of those keypoints the match lacks (no detection in the image, or the
     keypoint at confidence 0), `median_px` / `p90_px` the median and 90th percentile of the distance in pixels
     where the match has it (None when it never does). Returns one dict per keypoint, in COCO order, with `name`
@@ -87,12 +93,11 @@ def keypoint_errors(gt_images: Sequence[np.ndarray], detections: Sequence[Sequen
     present = np.zeros(len(COCO17_KEYPOINT_NAMES), dtype=int)
     missed = np.zeros(len(COCO17_KEYPOINT_NAMES), dtype=int)
     for gt_persons, dets in zip(gt_images, detections):
-        found = [np.asarray(k, dtype=np.float64) for k, _ in dets]
         for person in np.asarray(gt_persons, dtype=np.float64).reshape(-1, 17, 3):
             has = person[:, 2] > 0
             if not has.any():
                 continue
-            match = max(found, key=lambda k: oks(person, k), default=None)
+            _, match = best_match(person, dets)
             for j in np.flatnonzero(has):
                 present[j] += 1
                 if match is None or match[j, 2] <= 0:
